@@ -1,0 +1,391 @@
+"""Semantic checks that run after the schema: references, cycles, expressions, files.
+
+Owns: every rule that needs more than one field to judge (a `needs` that names no step, a
+cycle, an expression over an unknown output, a secret that is not declared, `undo` on an
+irreversible procedure, a prompt file that does not exist), with positions and hints.
+Must not: run steps, import user code, or print. All findings of a file come back in one
+list; the caller sorts them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import expressions as ex
+from engine.errors import Diagnostic, SourceLocation
+from engine.graph import StepGraph
+from engine.loader import LoadedDocument, Path, pointer_of
+from engine.schema_errors import did_you_mean
+from engine.spec import (
+    GATE_METRICS,
+    IRREVERSIBLE,
+    Alerts,
+    Block,
+    Document,
+    Flow,
+    FlowStep,
+    LlmStep,
+    MetricGate,
+    PythonStep,
+    ReviewGate,
+    Runbook,
+    SecretRef,
+    ShellStep,
+)
+from engine.spec.flow import ContractGate
+
+__all__ = ["check_document", "find_project_root"]
+
+_PROJECT_MARKERS = ("pyproject.toml", ".git", "blocks.toml")
+
+
+def find_project_root(start: str) -> str:
+    """The nearest folder at or above `start` holding pyproject.toml, .git or blocks.toml."""
+    current = os.path.abspath(start if os.path.isdir(start) else os.path.dirname(start) or ".")
+    while True:
+        if any(os.path.exists(os.path.join(current, m)) for m in _PROJECT_MARKERS):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return os.path.abspath(os.path.dirname(start) or ".")
+        current = parent
+
+
+def check_document(doc: LoadedDocument, spec: Document, project_root: str) -> list[Diagnostic]:
+    """Every semantic finding in one document."""
+    ctx = _Context(doc, project_root)
+    if isinstance(spec, Flow):
+        _check_flow(ctx, spec)
+    elif isinstance(spec, Runbook):
+        _check_runbook(ctx, spec)
+    elif isinstance(spec, Block):
+        _check_block(ctx, spec)
+    elif isinstance(spec, Alerts):
+        _check_alerts(ctx, spec)
+    return ctx.found
+
+
+@dataclass
+class _Context:
+    doc: LoadedDocument
+    root: str
+    found: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, code: str, message: str, path: Path, *, hint: str | None = None,
+              key: bool = False, related: tuple[SourceLocation, ...] = ()) -> None:
+        self.found.append(Diagnostic(code, message, self.doc.locate(path, key=key),
+                                     pointer_of(path), hint, "error", related))
+
+    def file_exists(self, rel: str | None, path: Path, what: str) -> None:
+        if rel is None or ex.has_template(rel):
+            return
+        full = os.path.join(self.root, rel)
+        if not os.path.exists(full):
+            self.error("spec.missing-file", f"{what} '{rel}' does not exist", path,
+                       hint=f"paths are relative to the project root ({self.root})")
+
+    def expression(self, source: str, path: Path, env: Mapping[str, ex.CelType], *,
+                   expect: ex.CelType | None = None, base_offset: int = 0) -> ex.CheckResult:
+        result = ex.check_expression(source, env, expect=expect)
+        for issue in result.issues:
+            self.found.append(Diagnostic(
+                "expr.invalid", issue.message, self._expr_location(path, base_offset + issue.offset),
+                pointer_of(path), issue.hint))
+        return result
+
+    def template(self, text: str, path: Path, env: Mapping[str, ex.CelType]) -> list[ex.CheckResult]:
+        """Check every `${{ }}` in a string; returns the result of each expression."""
+        if not ex.has_template(text):
+            return []
+        parts, issues = ex.split_template(text)
+        for issue in issues:
+            self.found.append(Diagnostic("expr.invalid", issue.message,
+                                         self._expr_location(path, issue.offset),
+                                         pointer_of(path), issue.hint))
+        return [self.expression(p.text, path, env, base_offset=p.offset)
+                for p in parts if p.is_expr]
+
+    def _expr_location(self, path: Path, offset: int) -> SourceLocation:
+        loc = self.doc.locate(path)
+        line_text = self.doc.text.splitlines()[loc.line - 1] if loc.line - 1 < len(
+            self.doc.text.splitlines()) else ""
+        start = loc.col - 1
+        if start < len(line_text) and line_text[start] in "\"'":
+            start += 1
+        if start + offset > len(line_text):  # a folded or multi-line scalar: point at its start
+            return loc
+        return SourceLocation(loc.file, loc.line, start + offset + 1)
+
+
+def _walk_strings(value: Any, path: Path) -> Iterator[tuple[str, Path]]:
+    if isinstance(value, str):
+        yield value, path
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk_strings(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk_strings(v, (*path, i))
+
+
+# ---------------------------------------------------------------------------------------
+# flows
+
+
+def _input_types(inputs: Mapping[str, Any], what: str) -> ex.ObjectType:
+    return ex.ObjectType({k: ex.type_from_schema_name(v.type) for k, v in inputs.items()}, what=what)
+
+
+_STEP_FIELDS = {"status": ex.STRING, "output": ex.DYN, "duration": ex.DOUBLE, "attempts": ex.INT}
+
+
+def _step_type(step_id: str, step: Any) -> ex.ObjectType:
+    outputs = ex.ObjectType(
+        {k: ex.type_from_schema_name(v.type) for k, v in step.outputs.items()},
+        what=f"output of step '{step_id}'",
+    )
+    return ex.ObjectType({**_STEP_FIELDS, "outputs": outputs}, what="step field")
+
+
+_RUN_TYPE = ex.ObjectType({"id": ex.STRING, "flow": ex.STRING}, what="run field")
+
+
+def _check_flow(ctx: _Context, flow: Flow) -> None:
+    steps = flow.steps
+    graph = StepGraph({sid: list(s.needs) for sid, s in steps.items()})
+    step_types = {sid: _step_type(sid, s) for sid, s in steps.items()}
+    inputs = _input_types(flow.inputs, "input")
+    _check_inputs(ctx, flow.inputs, ("inputs",))
+    for route_id, route in flow.models.items():
+        if route.degrade_to is not None and route.degrade_to not in flow.models:
+            ctx.error("ref.unknown-model", f"unknown model route '{route.degrade_to}'",
+                      ("models", route_id, "degrade_to"), hint=did_you_mean(route.degrade_to, flow.models))
+    for sid, step in steps.items():
+        base: Path = ("steps", sid)
+        for i, dep in enumerate(step.needs):
+            if dep == sid:
+                ctx.error("graph.self-dependency", f"step '{sid}' needs itself", (*base, "needs", i))
+            elif dep not in steps:
+                ctx.error("ref.unknown-step", f"needs unknown step '{dep}'", (*base, "needs", i),
+                          hint=did_you_mean(dep, steps) or f"steps are: {', '.join(steps)}")
+        upstream = graph.ancestors(sid)
+        env: dict[str, ex.CelType] = {
+            "inputs": inputs,
+            "steps": ex.ObjectType({k: step_types[k] for k in steps if k != sid}, what="step"),
+            "run": _RUN_TYPE,
+        }
+        if step.for_each is not None:
+            env[step.for_each.as_] = ex.DYN
+            items = step.for_each.items
+            if isinstance(items, str):
+                _refs(ctx, ctx.template(items, (*base, "for_each", "items"), env), sid, upstream,
+                      (*base, "for_each", "items"))
+            elif not isinstance(items, list):
+                ctx.error("spec.bad-value", "for_each.items must be a list or a ${{ }} expression",
+                          (*base, "for_each", "items"))
+        if step.when is not None:
+            result = ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
+            _refs(ctx, [result], sid, upstream, (*base, "when"))
+        _check_step_kind(ctx, flow, sid, step, env, upstream)
+    for cycle in graph.cycles():
+        _report_cycle(ctx, cycle)
+    _check_gates(ctx, flow, step_types, inputs)
+    out_env = {"inputs": inputs, "steps": ex.ObjectType(step_types, what="step"), "run": _RUN_TYPE}
+    for text, path in _walk_strings(flow.outputs, ("outputs",)):
+        ctx.template(text, path, out_env)
+
+
+def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:
+    checks = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, Mapping),
+        "any": lambda v: True,
+    }
+    for name, spec in inputs.items():
+        if spec.default is not None and not checks[spec.type](spec.default):
+            ctx.error("spec.bad-default", f"default does not match type '{spec.type}'",
+                      (*base, name, "default"))
+        if spec.enum is not None and spec.default is not None and spec.default not in spec.enum:
+            ctx.error("spec.bad-default", "default is not one of the enum values",
+                      (*base, name, "default"))
+
+
+def _refs(ctx: _Context, results: list[ex.CheckResult], sid: str, upstream: frozenset[str],
+          path: Path) -> None:
+    """A step may read only steps it waits for: anything else would be a race."""
+    for result in results:
+        for ref in result.references:
+            if len(ref.path) >= 2 and ref.path[0] == "steps" and ref.path[1] not in upstream \
+                    and ref.path[1] != sid:
+                ctx.error("ref.not-upstream",
+                          f"step '{sid}' reads steps.{ref.path[1]} but does not wait for it",
+                          path, hint=f"add '{ref.path[1]}' to needs")
+
+
+def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
+                     env: Mapping[str, ex.CelType], upstream: frozenset[str]) -> None:
+    base: Path = ("steps", sid)
+    results: list[ex.CheckResult] = []
+    if isinstance(step, ShellStep):
+        for i, arg in enumerate(step.run or []):
+            results += ctx.template(arg, (*base, "run", i), env)
+        if step.script is not None and ex.has_template(step.script):
+            ctx.error("spec.template-in-script",
+                      "a script may not contain ${{ }}: values would become shell code",
+                      (*base, "script"), hint="pass the value through env and use \"$NAME\"")
+        for name, value in step.env.items():
+            if isinstance(value, SecretRef):
+                if value.secret not in flow.secrets:
+                    ctx.error("ref.unknown-secret", f"secret '{value.secret}' is not declared",
+                              (*base, "env", name, "secret"),
+                              hint=did_you_mean(value.secret, flow.secrets)
+                              or "list it under the flow's `secrets`")
+            else:
+                results += ctx.template(value, (*base, "env", name), env)
+    elif isinstance(step, PythonStep):
+        for text, path in _walk_strings(step.with_, (*base, "with")):
+            results += ctx.template(text, path, env)
+        for i, folder in enumerate(step.pythonpath):
+            ctx.file_exists(folder, (*base, "pythonpath", i), "folder")
+    elif isinstance(step, LlmStep):
+        if step.model not in flow.models:
+            ctx.error("ref.unknown-model", f"unknown model route '{step.model}'", (*base, "model"),
+                      hint=did_you_mean(step.model, flow.models)
+                      or "declare it under the flow's `models`")
+        ctx.file_exists(step.prompt, (*base, "prompt"), "prompt file")
+        ctx.file_exists(step.system, (*base, "system"), "system prompt file")
+        ctx.file_exists(step.output_schema, (*base, "output_schema"), "output schema")
+        for text, path in _walk_strings(step.vars, (*base, "vars")):
+            results += ctx.template(text, path, env)
+    elif isinstance(step, FlowStep):
+        ctx.file_exists(step.flow, (*base, "flow"), "sub-flow")
+        for text, path in _walk_strings(step.inputs, (*base, "inputs")):
+            results += ctx.template(text, path, env)
+    _refs(ctx, results, sid, upstream, base)
+
+
+def _report_cycle(ctx: _Context, cycle: tuple[str, ...]) -> None:
+    if len(cycle) == 1:
+        return  # a self-dependency, already reported at its `needs` entry
+    locations = [ctx.doc.locate(("steps", s), key=True) for s in cycle]
+    shown = " → ".join(f"{s} (line {loc.line})" for s, loc in zip(cycle, locations, strict=True))
+    ctx.error("graph.cycle", f"dependency cycle: {shown} → {cycle[0]}", ("steps", cycle[0]),
+              key=True, related=tuple(locations[1:]), hint="remove one of these needs")
+
+
+def _check_gates(ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectType],
+                 inputs: ex.ObjectType) -> None:
+    for gid, gate in flow.gates.items():
+        base: Path = ("gates", gid)
+        after = [gate.after] if isinstance(gate.after, str) else list(gate.after)
+        for i, sid in enumerate(after):
+            if sid not in flow.steps:
+                path = (*base, "after") if isinstance(gate.after, str) else (*base, "after", i)
+                ctx.error("ref.unknown-step", f"gate '{gid}' runs after unknown step '{sid}'", path,
+                          hint=did_you_mean(sid, flow.steps))
+        if isinstance(gate, MetricGate):
+            metrics = {k: ex.type_from_schema_name(v.type) for k, v in gate.metrics.items()}
+            value_env = {"inputs": inputs, "steps": ex.ObjectType(dict(step_types), what="step"),
+                         "run": _RUN_TYPE}
+            for name, source in gate.metrics.items():
+                for text, path in _walk_strings(source.value, (*base, "metrics", name, "value")):
+                    ctx.template(text, path, value_env)
+            env: dict[str, ex.CelType] = dict(metrics)
+            if gate.baseline is not None:
+                env["baseline"] = ex.ObjectType(metrics, what="baseline metric")
+        else:
+            env = {k: ex.type_from_schema_name(v) for k, v in GATE_METRICS[gate.kind].items()}
+        ctx.expression(gate.require, (*base, "require"), env, expect=ex.BOOL)
+        if isinstance(gate, ReviewGate):
+            if gate.model not in flow.models:
+                ctx.error("ref.unknown-model", f"unknown model route '{gate.model}'",
+                          (*base, "model"), hint=did_you_mean(gate.model, flow.models))
+            ctx.file_exists(gate.rubric, (*base, "rubric"), "rubric")
+        if isinstance(gate, ContractGate):
+            ctx.file_exists(gate.schema_, (*base, "schema"), "schema")
+
+
+# ---------------------------------------------------------------------------------------
+# runbooks, blocks, alerts
+
+_CHANNEL = ex.ObjectType(
+    {"frozen": ex.BOOL, "current": ex.ObjectType(
+        {"bundle": ex.STRING, "gates_passed": ex.BOOL, "promoted_at": ex.STRING},
+        what="bundle field"), "previous": ex.DYN},
+    what="channel field",
+)
+_CIRCUIT = ex.ObjectType({"state": ex.STRING, "failures": ex.INT}, what="circuit field")
+
+
+def _check_runbook(ctx: _Context, runbook: Runbook) -> None:
+    params = _input_types(runbook.params, "param")
+    _check_inputs(ctx, runbook.params, ("params",))
+    first_seen: dict[str, int] = {}
+    ids = [s.id for s in runbook.steps]
+    earlier: dict[str, ex.CelType] = {}
+    for i, step in enumerate(runbook.steps):
+        base: Path = ("steps", i)
+        if step.id in first_seen:
+            line = ctx.doc.locate(("steps", first_seen[step.id], "id")).line
+            ctx.error("spec.duplicate-id", f"duplicate step id '{step.id}' (first at line {line})",
+                      (*base, "id"))
+        first_seen.setdefault(step.id, i)
+        env: dict[str, ex.CelType] = {
+            "params": params,
+            "steps": ex.ObjectType(dict(earlier), what="earlier step"),
+            "channels": ex.MapType(ex.STRING, _CHANNEL),
+            "circuits": ex.MapType(ex.STRING, _CIRCUIT),
+            "run": _RUN_TYPE,
+        }
+        for proc_name in ("do", "undo"):
+            proc = getattr(step, proc_name)
+            if proc is None:
+                continue
+            for text, path in _walk_strings(proc.model_dump(by_alias=True), (*base, proc_name)):
+                ctx.template(text, path, env)
+            for rel_field in ("flow",):
+                rel = getattr(proc, rel_field, None)
+                if isinstance(rel, str):
+                    ctx.file_exists(rel, (*base, proc_name, rel_field), "flow")
+        if step.undo is not None and step.do.kind in IRREVERSIBLE:
+            ctx.error("spec.irreversible-undo",
+                      f"'{step.do.kind}' cannot be undone, so this step may not have `undo`",
+                      (*base, "undo"), key=True)
+        if step.when is not None:
+            ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
+        if step.verify is not None:
+            ctx.expression(step.verify, (*base, "verify"), {**env, "result": ex.DYN}, expect=ex.BOOL)
+        if not isinstance(step.on_failure, str):
+            target = step.on_failure.goto
+            if target not in ids:
+                ctx.error("ref.unknown-step", f"goto unknown step '{target}'",
+                          (*base, "on_failure", "goto"), hint=did_you_mean(target, ids))
+            elif target == step.id:
+                ctx.error("spec.bad-value", "a step cannot go to itself on failure",
+                          (*base, "on_failure", "goto"))
+        earlier[step.id] = ex.ObjectType({"status": ex.STRING, "outputs": ex.DYN, "result": ex.DYN},
+                                         what="step field")
+
+
+def _check_block(ctx: _Context, block: Block) -> None:
+    for i, rel in enumerate(block.structure.paths):
+        ctx.file_exists(rel, ("structure", "paths", i), "path")
+    ctx.file_exists(block.input.schema_, ("input", "schema"), "schema")
+    ctx.file_exists(block.output.schema_, ("output", "schema"), "schema")
+    ctx.file_exists(block.ui.template, ("ui", "template"), "template")
+    for i, rel in enumerate(block.logic.tests):
+        ctx.file_exists(rel, ("logic", "tests", i), "test path")
+
+
+def _check_alerts(ctx: _Context, alerts: Alerts) -> None:
+    env = {"value": ex.DOUBLE}
+    for rid, rule in alerts.rules.items():
+        ctx.expression(rule.threshold, ("rules", rid, "threshold"), env, expect=ex.BOOL)
+        ctx.file_exists(rule.runbook, ("rules", rid, "runbook"), "runbook")

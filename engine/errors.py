@@ -1,0 +1,187 @@
+"""The engine's exception tree, and the positions errors point at.
+
+Owns: every exception the engine raises on purpose, `SourceLocation` and `Diagnostic`.
+Must not: import anything from `engine` (it is layer 0), or format output for a terminal
+(the CLI does that).
+
+The tree (the CLI maps each branch to one exit code, see `engine.cli.EXIT_CODES`)::
+
+    EngineError
+    ├── UsageError                  bad command-line use (exit 2)
+    ├── SpecError                   one or more `Diagnostic`s about spec files (exit 1)
+    ├── GraphError                  a dependency cycle; carries the path
+    ├── ExpressionError             an expression failed to evaluate at run time
+    ├── PluginError                 a kind that is unknown or cannot load
+    ├── ExecutionError              a step failed, timed out or was cancelled
+    │   ├── StepFailed
+    │   ├── StepTimedOut
+    │   └── StepCancelled
+    ├── ProviderError               translated once at the litellm boundary
+    │   ├── TransientProviderError  may be retried
+    │   └── PermanentProviderError  never retried
+    ├── BundleError
+    │   ├── TamperError             a digest does not match
+    │   └── WriteOnceError          an attempt to overwrite stored content
+    └── GateError                   a gate could not be evaluated at all
+
+Gates *return* verdicts; they raise `GateError` only when the gate itself is broken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "BundleError",
+    "Diagnostic",
+    "EngineError",
+    "ExecutionError",
+    "ExpressionError",
+    "GateError",
+    "GraphError",
+    "PermanentProviderError",
+    "PluginError",
+    "ProviderError",
+    "Severity",
+    "SourceLocation",
+    "SpecError",
+    "StepCancelled",
+    "StepFailed",
+    "StepTimedOut",
+    "TamperError",
+    "TransientProviderError",
+    "UsageError",
+    "WriteOnceError",
+]
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SourceLocation:
+    """A 1-based line and column in a file. Columns count characters, not bytes."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One finding about a spec: what is wrong, where, and what was expected.
+
+    `code` is stable and documented (for example `spec.unknown-field`), so CI tooling and
+    tests can match on it; `pointer` is the RFC 6901 JSON pointer of the offending node.
+    """
+
+    code: str
+    message: str
+    location: SourceLocation
+    pointer: str = ""
+    hint: str | None = None
+    severity: Severity = "error"
+    related: tuple[SourceLocation, ...] = field(default=())
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        loc = self.location
+        return (loc.file, loc.line, loc.col, self.code)
+
+
+class EngineError(Exception):
+    """The root of every error the engine raises on purpose."""
+
+
+class UsageError(EngineError):
+    """The command line asks for something that cannot be done as asked."""
+
+
+class SpecError(EngineError):
+    """A spec file is invalid. Carries every diagnostic found, not only the first."""
+
+    def __init__(self, diagnostics: tuple[Diagnostic, ...] | list[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(
+            sorted(diagnostics, key=Diagnostic.sort_key)
+        )
+        first = self.diagnostics[0] if self.diagnostics else None
+        summary = f"{first.location}: {first.message}" if first else "invalid spec"
+        more = len(self.diagnostics) - 1
+        super().__init__(summary + (f" (and {more} more)" if more > 0 else ""))
+
+
+class GraphError(EngineError):
+    """The steps do not form a DAG. `cycle` lists the step ids in order."""
+
+    def __init__(self, message: str, cycle: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class ExpressionError(EngineError):
+    """A CEL expression failed at run time (type mismatch on dynamic data, division by zero).
+
+    Compile-time problems never raise this: validation reports them as diagnostics.
+    """
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class PluginError(EngineError):
+    """A step, gate or store kind is unknown or failed to load."""
+
+
+class ExecutionError(EngineError):
+    """A step did not complete."""
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class StepFailed(ExecutionError):
+    """The step ran and reported failure."""
+
+
+class StepTimedOut(ExecutionError):
+    """The step ran past its timeout and was stopped."""
+
+
+class StepCancelled(ExecutionError):
+    """The step was cancelled (a signal, a failed sibling, a flow timeout)."""
+
+
+class ProviderError(EngineError):
+    """An LLM provider call failed. Raised only by `engine.providers`."""
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying: 429 (not a spend limit), 5xx, 529, timeouts, dropped connections."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """Never retried: 400, 401, spend limits, content refusals."""
+
+
+class BundleError(EngineError):
+    """A context bundle could not be written, read or trusted."""
+
+
+class TamperError(BundleError):
+    """Stored content does not match its digest."""
+
+
+class WriteOnceError(BundleError):
+    """Something tried to overwrite content that is written once."""
+
+
+class GateError(EngineError):
+    """A gate could not be evaluated at all (not the same as a failing verdict)."""
