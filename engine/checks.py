@@ -16,7 +16,7 @@ from typing import Any
 
 from engine import expressions as ex
 from engine.errors import Diagnostic, SourceLocation
-from engine.graph import StepGraph
+from engine.graph import StepGraph, find_cycles
 from engine.loader import LoadedDocument, Path, pointer_of
 from engine.schema_errors import did_you_mean
 from engine.spec import (
@@ -37,7 +37,7 @@ from engine.spec import (
 )
 from engine.spec.flow import ContractGate
 
-__all__ = ["check_document", "find_project_root"]
+__all__ = ["check_document", "check_raw_graph", "find_project_root"]
 
 _PROJECT_MARKERS = ("pyproject.toml", ".git", "blocks.toml")
 
@@ -66,6 +66,49 @@ def check_document(doc: LoadedDocument, spec: Document, project_root: str) -> li
     elif isinstance(spec, Alerts):
         _check_alerts(ctx, spec)
     return ctx.found
+
+
+def check_raw_graph(doc: LoadedDocument) -> list[Diagnostic]:
+    """Graph checks on raw data, for a flow whose schema check failed elsewhere.
+
+    A typo in one step's field should not hide a cycle or an unknown `needs` in another, so
+    these run on whatever step mappings have well-formed `needs` lists.
+    """
+    data = doc.data
+    if not isinstance(data, dict) or data.get("kind") != "flow":
+        return []
+    steps = data.get("steps")
+    if not isinstance(steps, dict):
+        return []
+    needs: dict[str, list[str]] = {}
+    for sid, step in steps.items():
+        raw = step.get("needs", []) if isinstance(step, dict) else []
+        needs[sid] = [n for n in raw if isinstance(n, str)] if isinstance(raw, list) else []
+    ctx = _Context(doc, "")
+    _check_needs(ctx, needs)
+    for cycle in find_cycles(needs):
+        _report_cycle(ctx, cycle)
+    gates = data.get("gates")
+    for gid, gate in (gates.items() if isinstance(gates, dict) else ()):
+        after = gate.get("after") if isinstance(gate, dict) else None
+        items = [after] if isinstance(after, str) else after if isinstance(after, list) else []
+        for i, sid in enumerate(items):
+            if isinstance(sid, str) and sid not in steps:
+                path = ("gates", gid, "after") if isinstance(after, str) else ("gates", gid, "after", i)
+                ctx.error("ref.unknown-step", f"gate '{gid}' runs after unknown step '{sid}'", path,
+                          hint=did_you_mean(sid, steps))
+    return ctx.found
+
+
+def _check_needs(ctx: _Context, needs: Mapping[str, list[str]]) -> None:
+    for sid, deps in needs.items():
+        for i, dep in enumerate(deps):
+            path: Path = ("steps", sid, "needs", i)
+            if dep == sid:
+                ctx.error("graph.self-dependency", f"step '{sid}' needs itself", path)
+            elif dep not in needs:
+                ctx.error("ref.unknown-step", f"needs unknown step '{dep}'", path,
+                          hint=did_you_mean(dep, needs) or f"steps are: {', '.join(needs)}")
 
 
 @dataclass
@@ -163,14 +206,9 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
         if route.degrade_to is not None and route.degrade_to not in flow.models:
             ctx.error("ref.unknown-model", f"unknown model route '{route.degrade_to}'",
                       ("models", route_id, "degrade_to"), hint=did_you_mean(route.degrade_to, flow.models))
+    _check_needs(ctx, {sid: list(s.needs) for sid, s in steps.items()})
     for sid, step in steps.items():
         base: Path = ("steps", sid)
-        for i, dep in enumerate(step.needs):
-            if dep == sid:
-                ctx.error("graph.self-dependency", f"step '{sid}' needs itself", (*base, "needs", i))
-            elif dep not in steps:
-                ctx.error("ref.unknown-step", f"needs unknown step '{dep}'", (*base, "needs", i),
-                          hint=did_you_mean(dep, steps) or f"steps are: {', '.join(steps)}")
         upstream = graph.ancestors(sid)
         env: dict[str, ex.CelType] = {
             "inputs": inputs,

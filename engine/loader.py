@@ -178,12 +178,21 @@ def _decode(path: str, raw: bytes) -> str:
         not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
     ):
         _fail(path, 1, 1, "yaml.empty", "file is empty: expected a mapping with `version` and `kind`")
-    if "\x00" in text:
-        idx = text.index("\x00")
+    odd = _AMBIGUOUS_CHARS.search(text)
+    if odd is not None:
+        idx = odd.start()
         line = text.count("\n", 0, idx) + 1
+        name = {"\x00": "NUL", "\x85": "NEXT LINE", "\u2028": "LINE SEPARATOR",
+                "\u2029": "PARAGRAPH SEPARATOR"}[odd.group()]
         _fail(path, line, idx - text.rfind("\n", 0, idx), "yaml.encoding",
-              "file contains a NUL character")
+              f"file contains U+{ord(odd.group()):04X} ({name})",
+              "YAML 1.1 and 1.2 disagree on whether it breaks a line; use \\n or remove it")
     return text
+
+
+# NUL is never text; NEL, LS and PS are line breaks in YAML 1.1 and not in 1.2, so a file
+# holding one means different things to different tools.
+_AMBIGUOUS_CHARS = re.compile("[\x00\x85\u2028\u2029]")
 
 
 _TAB_INDENT = re.compile(r"^( *)\t", re.MULTILINE)
@@ -203,11 +212,11 @@ def _check_tabs(path: str, text: str) -> None:
 # count (after white space, `[`, `,` or `{` and before the end of the value), so prose rarely
 # trips it; a false positive only costs the slower exact path. Two stages because a leading
 # character class lets `re` skip ahead fast, and a leading look-behind does not.
-_VALUE_CANDIDATE = re.compile(r"[~NTF0-9.+-][\w.+-]*(?=[ \t]*(?:$|#|[,\]}]))", re.MULTILINE)
+_VALUE_CANDIDATE = re.compile(r"[~NTFIin0-9.+-][\w.+-]*(?=[ \t]*(?:$|#|[,\]}]))", re.MULTILINE)
 _IRREGULAR_VALUE = re.compile(
     r"~|Null|NULL|True|TRUE|False|FALSE"
     r"|[-+]?0[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|\+[0-9.][\w.+-]*"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+    r"|[-+]?\.?(?:inf|Inf|INF)|\.?(?:nan|NaN|NAN)"
     r"|[-+]?\.[0-9][\w.+-]*|[-+]?[0-9]+\.(?:[eE][-+]?[0-9]+)?"
 )
 _VALUE_START = frozenset(" \t\n\r[,{")
@@ -479,7 +488,10 @@ class _Builder:
         if depth > self.limits.max_depth:
             raise _TooDeep(node)
         key_off = self._char_to_byte(key_mark.index if key_mark is not None else node.start_mark.index)
-        self.offsets[path] = (key_off, self._char_to_byte(node.start_mark.index))
+        # a mapping or list that is a key's value is "at" its key, as on the fast path
+        value_off = key_off if node.id != "scalar" and key_mark is not None else \
+            self._char_to_byte(node.start_mark.index)
+        self.offsets[path] = (key_off, value_off)
         tag = str(node.tag)
         kind = node.id
         if kind == "scalar":

@@ -163,7 +163,7 @@ def _data_path(
     path: list[str | int] = []
     node: Any = data
     annotation: Any = model
-    for part in loc:
+    for index, part in enumerate(loc):
         annotation = _select(annotation, node)
         if isinstance(node, Mapping) and part in node:
             annotation = _child_annotation(annotation, part)
@@ -173,10 +173,11 @@ def _data_path(
             annotation = _item_annotation(annotation)
             path.append(part)
             node = node[part]
-        elif isinstance(node, Mapping) and isinstance(part, str) and _is_model(annotation):
-            # a missing or unknown field: the path ends at the mapping that should hold it
+        elif index == len(loc) - 1 and isinstance(node, Mapping) and _is_model(annotation):
+            # a missing field: the path ends at the mapping that should hold it
             path.append(part)
             break
+        # anything else is pydantic's own bookkeeping (a union tag, a validator name): skip
     annotation = _select(annotation, node)
     fields = _field_names(annotation) if _is_model(annotation) else None
     if fields is None and loc and path and path[-1] == loc[-1]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.checks import check_document, find_project_root
+from engine.checks import check_document, check_raw_graph, find_project_root
 from engine.errors import Diagnostic, SpecError
 from engine.loader import DEFAULT_LIMITS, LoadedDocument, LoaderLimits, load_file
 from engine.schema_errors import convert_validation_error, describe_value, did_you_mean
@@ -104,7 +104,7 @@ def check_loaded(doc: LoadedDocument, *, project_root: str | None = None
     try:
         spec: Document = model.model_validate(doc.data)
     except ValidationError as exc:
-        return None, convert_validation_error(exc, model, doc)
+        return None, convert_validation_error(exc, model, doc) + check_raw_graph(doc)
     return spec, check_document(doc, spec, project_root or find_project_root(doc.path))
 
 

@@ -63,7 +63,10 @@ def _root(
 
 @app.command()
 def validate(
-    paths: Annotated[list[str], typer.Argument(help="Spec files or folders (searched recursively).")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(metavar="PATH...", help="Spec files or folders (searched recursively)."),
+    ],
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
 ) -> None:
     """Check spec files: YAML, schema, references, cycles, expressions. Exit 1 if any is invalid."""
@@ -94,9 +97,7 @@ def schema_export(
 def main() -> None:
     """Console entry point: runs the app, maps engine errors to exit codes, never a traceback."""
     try:
-        app(standalone_mode=False)
-    except SystemExit as exc:
-        raise
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except UsageError as exc:
@@ -113,12 +114,15 @@ def main() -> None:
         sys.stderr.write("blocks: interrupted\n")
         sys.exit(EXIT_CODES["interrupted"])
     except Exception as exc:  # noqa: BLE001  (the last line of defence: no traceback for users)
-        import click  # noqa: PLC0415
+        from typer._click import exceptions as click_errors  # noqa: PLC0415  (typer vendors click)
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, click_errors.NoArgsIsHelpError):
+            sys.stdout.write(exc.format_message() + "\n")
+            sys.exit(EXIT_CODES["usage"])
+        if isinstance(exc, click_errors.ClickException):
             exc.show()
             sys.exit(EXIT_CODES["usage"])
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click_errors.Abort):
             sys.stderr.write("blocks: aborted\n")
             sys.exit(EXIT_CODES["interrupted"])
         sys.stderr.write(
@@ -126,3 +130,4 @@ def main() -> None:
             "This is a bug in blocks; please report it with the command you ran.\n"
         )
         sys.exit(EXIT_CODES["internal"])
+    sys.exit(code if isinstance(code, int) else EXIT_CODES["ok"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,9 +79,19 @@ def _text_diagnostic(diag: Diagnostic, cache: dict[str, list[str]]) -> list[str]
     if source is not None and source.strip():
         gutter = str(loc.line)
         lines.append(f"  {gutter} | {source}")
-        lines.append(f"  {' ' * len(gutter)} | {' ' * (loc.col - 1)}^")
+        width = _token_width(source, loc.col - 1)
+        lines.append(f"  {' ' * len(gutter)} | {' ' * (loc.col - 1)}{'^' * width}")
     lines.extend(f"  also at {rel}" for rel in diag.related)
     return lines
+
+
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^\s,\]}:]+""")
+
+
+def _token_width(line: str, start: int) -> int:
+    """How many characters to underline: the quoted string or bare word at `start`."""
+    match = _TOKEN.match(line, start)
+    return max(1, min(len(match.group()) if match else 1, 60))
 
 
 def _diag_dict(diag: Diagnostic) -> dict[str, Any]:
