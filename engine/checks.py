@@ -10,7 +10,7 @@ list; the caller sorts them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,8 +186,16 @@ _STEP_FIELDS = {"status": ex.STRING, "output": ex.DYN, "duration": ex.DOUBLE, "a
 
 
 def _step_type(step_id: str, step: Any) -> ex.ObjectType:
+    """What `steps.<id>` offers an expression. A fan-out step's outputs are lists, one
+    value per item, in item order."""
+    fan_out = step.for_each is not None
+
+    def typed(name: str) -> ex.CelType:
+        base = ex.type_from_schema_name(name)
+        return ex.ListType(base) if fan_out else base
+
     outputs = ex.ObjectType(
-        {k: ex.type_from_schema_name(v.type) for k, v in step.outputs.items()},
+        {k: typed(v.type) for k, v in step.outputs.items()},
         what=f"output of step '{step_id}'",
     )
     return ex.ObjectType({**_STEP_FIELDS, "outputs": outputs}, what="step field")
@@ -236,18 +244,20 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
         ctx.template(text, path, out_env)
 
 
+_VALUE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, Mapping),
+    "any": lambda v: True,
+}
+
+
 def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:
-    checks = {
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "boolean": lambda v: isinstance(v, bool),
-        "array": lambda v: isinstance(v, list),
-        "object": lambda v: isinstance(v, Mapping),
-        "any": lambda v: True,
-    }
     for name, spec in inputs.items():
-        if spec.default is not None and not checks[spec.type](spec.default):
+        if spec.default is not None and not _VALUE_CHECKS[spec.type](spec.default):
             ctx.error("spec.bad-default", f"default does not match type '{spec.type}'",
                       (*base, name, "default"))
         if spec.enum is not None and spec.default is not None and spec.default not in spec.enum:
@@ -257,23 +267,45 @@ def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:
 
 def _refs(ctx: _Context, results: list[ex.CheckResult], sid: str, upstream: frozenset[str],
           path: Path) -> None:
-    """A step may read only steps it waits for: anything else would be a race."""
+    """A step may read only steps it waits for: anything else would be a race.
+
+    Reported once per step read, at the expression that reads it."""
+    seen: set[str] = set()
     for result in results:
         for ref in result.references:
-            if len(ref.path) >= 2 and ref.path[0] == "steps" and ref.path[1] not in upstream \
-                    and ref.path[1] != sid:
+            if len(ref.path) < 2 or ref.path[0] != "steps":
+                continue
+            other = ref.path[1]
+            if other in upstream or other == sid or other in seen:
+                continue
+            seen.add(other)
+            ctx.error("ref.not-upstream",
+                      f"step '{sid}' reads steps.{other} but does not wait for it",
+                      path, hint=f"add '{other}' to needs")
+
+
+def _gate_refs(ctx: _Context, gid: str, results: list[ex.CheckResult], visible: frozenset[str],
+               path: Path) -> None:
+    """A gate reads only steps that have finished when it runs: its `after` and their needs."""
+    for result in results:
+        for ref in result.references:
+            if len(ref.path) >= 2 and ref.path[0] == "steps" and ref.path[1] not in visible:
                 ctx.error("ref.not-upstream",
-                          f"step '{sid}' reads steps.{ref.path[1]} but does not wait for it",
-                          path, hint=f"add '{ref.path[1]}' to needs")
+                          f"gate '{gid}' reads steps.{ref.path[1]} but runs before it finishes",
+                          path, hint=f"add '{ref.path[1]}' to the gate's after")
+                return
 
 
 def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
                      env: Mapping[str, ex.CelType], upstream: frozenset[str]) -> None:
     base: Path = ("steps", sid)
-    results: list[ex.CheckResult] = []
+
+    def template(text: str, path: Path) -> None:
+        _refs(ctx, ctx.template(text, path, env), sid, upstream, path)
+
     if isinstance(step, ShellStep):
         for i, arg in enumerate(step.run or []):
-            results += ctx.template(arg, (*base, "run", i), env)
+            template(arg, (*base, "run", i))
         if step.script is not None and ex.has_template(step.script):
             ctx.error("spec.template-in-script",
                       "a script may not contain ${{ }}: values would become shell code",
@@ -286,10 +318,10 @@ def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
                               hint=did_you_mean(value.secret, flow.secrets)
                               or "list it under the flow's `secrets`")
             else:
-                results += ctx.template(value, (*base, "env", name), env)
+                template(value, (*base, "env", name))
     elif isinstance(step, PythonStep):
         for text, path in _walk_strings(step.with_, (*base, "with")):
-            results += ctx.template(text, path, env)
+            template(text, path)
         for i, folder in enumerate(step.pythonpath):
             ctx.file_exists(folder, (*base, "pythonpath", i), "folder")
     elif isinstance(step, LlmStep):
@@ -301,12 +333,11 @@ def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
         ctx.file_exists(step.system, (*base, "system"), "system prompt file")
         ctx.file_exists(step.output_schema, (*base, "output_schema"), "output schema")
         for text, path in _walk_strings(step.vars, (*base, "vars")):
-            results += ctx.template(text, path, env)
+            template(text, path)
     elif isinstance(step, FlowStep):
         ctx.file_exists(step.flow, (*base, "flow"), "sub-flow")
         for text, path in _walk_strings(step.inputs, (*base, "inputs")):
-            results += ctx.template(text, path, env)
-    _refs(ctx, results, sid, upstream, base)
+            template(text, path)
 
 
 def _report_cycle(ctx: _Context, cycle: tuple[str, ...]) -> None:
@@ -332,9 +363,12 @@ def _check_gates(ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectTy
             metrics = {k: ex.type_from_schema_name(v.type) for k, v in gate.metrics.items()}
             value_env = {"inputs": inputs, "steps": ex.ObjectType(dict(step_types), what="step"),
                          "run": _RUN_TYPE}
+            graph = StepGraph({sid: list(s.needs) for sid, s in flow.steps.items()})
+            visible = frozenset(a for a in after if a in flow.steps).union(
+                *(graph.ancestors(a) for a in after if a in flow.steps))
             for name, source in gate.metrics.items():
                 for text, path in _walk_strings(source.value, (*base, "metrics", name, "value")):
-                    ctx.template(text, path, value_env)
+                    _gate_refs(ctx, gid, ctx.template(text, path, value_env), visible, path)
             env: dict[str, ex.CelType] = dict(metrics)
             if gate.baseline is not None:
                 env["baseline"] = ex.ObjectType(metrics, what="baseline metric")

@@ -144,7 +144,18 @@ class ExecutionError(EngineError):
 
 
 class StepFailed(ExecutionError):
-    """The step ran and reported failure."""
+    """The step ran and reported failure.
+
+    `category` tells the retry policy what happened: `timeout`, `rate_limit`,
+    `server_error`, `connection` and `exit_code` may be transient (a step's `retry.on`
+    decides); `permanent` (and anything else) is never retried.
+    """
+
+    def __init__(self, message: str, *, step: str | None = None, category: str = "permanent",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, step=step)
+        self.category = category
+        self.retry_after = retry_after
 
 
 class StepTimedOut(ExecutionError):

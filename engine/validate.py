@@ -139,4 +139,4 @@ def _document_model(doc: LoadedDocument) -> tuple[Any, list[Diagnostic]]:
             did_you_mean(kind, DOCUMENT_KINDS) if isinstance(kind, str) else None))
     if problems:
         return None, problems
-    return DOCUMENT_KINDS[kind], []
+    return DOCUMENT_KINDS[str(kind)], []

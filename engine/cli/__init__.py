@@ -94,6 +94,15 @@ def schema_export(
         typer.echo(path)
 
 
+def _register_commands() -> None:
+    from engine.cli import run as run_commands  # noqa: PLC0415
+
+    run_commands.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console entry point: runs the app, maps engine errors to exit codes, never a traceback."""
     try:
@@ -122,9 +131,6 @@ def main() -> None:
         if isinstance(exc, click_errors.ClickException):
             exc.show()
             sys.exit(EXIT_CODES["usage"])
-        if isinstance(exc, click_errors.Abort):
-            sys.stderr.write("blocks: aborted\n")
-            sys.exit(EXIT_CODES["interrupted"])
         sys.stderr.write(
             f"blocks: internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in blocks; please report it with the command you ran.\n"

@@ -48,7 +48,9 @@ __all__ = [
     "Step",
 ]
 
-TRANSIENT_ERRORS = ("timeout", "rate_limit", "server_error", "connection", "exit_code")
+FailureCategory = Literal["timeout", "rate_limit", "server_error", "connection", "exit_code"]
+DEFAULT_TRANSIENT: tuple[FailureCategory, ...] = ("timeout", "rate_limit", "server_error",
+                                                  "connection")
 
 
 class Retry(SpecModel):
@@ -63,9 +65,7 @@ class Retry(SpecModel):
     """No delay is longer than this."""
     jitter: bool = True
     """Randomise each delay by up to ±50 % so retries do not synchronise."""
-    on: list[Literal["timeout", "rate_limit", "server_error", "connection", "exit_code"]] = Field(
-        default_factory=lambda: ["timeout", "rate_limit", "server_error", "connection"]
-    )
+    on: list[FailureCategory] = Field(default_factory=lambda: list(DEFAULT_TRANSIENT))
     """Which failures count as transient. `exit_code` retries a shell step that exits non-zero."""
 
 
@@ -144,8 +144,11 @@ class _StepBase(SpecModel):
     """May the engine re-run it after a crash mid-flight without asking (`--force`)?"""
     continue_on_failure: bool = False
     """A failure is recorded but does not stop dependent steps."""
-    cache: bool = True
-    """Skip the step when inputs, spec and code digests match an earlier success."""
+    cache: bool | None = None
+    """Skip the step when its resolved inputs, spec, code and `deps` digests match an earlier
+    success. Default: on for idempotent steps, off for the others."""
+    deps: list[RelPath] = Field(default_factory=list)
+    """Files or folders the step reads outside its inputs; their contents join the cache key."""
     outputs: dict[Identifier, OutputSpec] = Field(default_factory=dict)
 
 

@@ -1,0 +1,155 @@
+"""From a checked flow to a plan: kinds bound, order fixed, expressions compiled, inputs typed.
+
+Owns: `Plan` and `PlannedStep` (immutable), the topological order (networkx, through
+`engine.graph`), which steps each step's expressions read, and turning `-i key=value` strings
+into typed inputs. Must not: run anything or read the run journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import expressions as ex
+from engine.errors import UsageError
+from engine.graph import StepGraph
+from engine.loader import LoadedDocument
+from engine.plugins import Registry, StepKind
+from engine.spec import Flow, Retry, Step
+
+__all__ = ["Plan", "PlannedStep", "build_plan", "coerce_inputs"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    id: str
+    spec: Step
+    kind: StepKind
+    needs: tuple[str, ...]
+    dependents: tuple[str, ...]
+    when: ex.Program | None
+    reads: frozenset[str]
+    """The steps this step's expressions read (a subset of its ancestors)."""
+    retry: Retry
+    timeout: float | None
+    cache: bool
+    idempotent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    flow: Flow
+    path: str
+    spec_digest: str
+    """sha256 of the spec file's bytes, as written."""
+    project_root: Path
+    order: tuple[str, ...]
+    steps: Mapping[str, PlannedStep]
+
+    def graph(self) -> StepGraph:
+        return StepGraph({sid: list(s.needs) for sid, s in self.steps.items()})
+
+
+def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root: Path) -> Plan:
+    """Bind every step to its kind and fix the order. The flow must have validated."""
+    graph = StepGraph({sid: list(s.needs) for sid, s in flow.steps.items()})
+    order = tuple(graph.order())
+    dependents: dict[str, list[str]] = {sid: [] for sid in flow.steps}
+    for sid, step in flow.steps.items():
+        for dep in step.needs:
+            dependents[dep].append(sid)
+    planned = {}
+    for sid in order:
+        step = flow.steps[sid]
+        planned[sid] = PlannedStep(
+            id=sid,
+            spec=step,
+            kind=registry.step_kind(step.kind),
+            needs=tuple(step.needs),
+            dependents=tuple(dependents[sid]),
+            when=ex.compile_expression(step.when) if step.when else None,
+            reads=_reads(step),
+            retry=step.retry or Retry(),
+            timeout=step.timeout,
+            cache=step.cache if step.cache is not None else step.idempotent,
+            idempotent=step.idempotent,
+        )
+    digest = "sha256:" + hashlib.sha256(doc.raw).hexdigest()
+    return Plan(flow, doc.path, digest, project_root, order, planned)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def _reads(step: Step) -> frozenset[str]:
+    """Step ids referenced by any expression of the step (`when` and every `${{ }}`)."""
+    sources: list[str] = [step.when] if step.when else []
+    for text in _strings(step.model_dump(by_alias=True, exclude={"when", "description"})):
+        if ex.has_template(text):
+            parts, _ = ex.split_template(text)
+            sources.extend(p.text for p in parts if p.is_expr)
+    found: set[str] = set()
+    env = dict.fromkeys(("steps", "inputs", "run"), ex.DYN)
+    for source in sources:
+        for ref in ex.check_expression(source, env).references:
+            if len(ref.path) >= 2 and ref.path[0] == "steps":
+                found.add(ref.path[1])
+    return frozenset(found)
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def coerce_inputs(flow: Flow, given: Mapping[str, str]) -> dict[str, Any]:
+    """Typed inputs from `-i key=value` strings plus defaults. Raises `UsageError`."""
+    unknown = sorted(set(given) - set(flow.inputs))
+    if unknown:
+        known = ", ".join(flow.inputs) or "none"
+        raise UsageError(f"unknown input '{unknown[0]}' (this flow's inputs: {known})")
+    out: dict[str, Any] = {}
+    for name, spec in flow.inputs.items():
+        if name in given:
+            out[name] = _coerce(name, spec.type, given[name])
+        elif spec.default is not None:
+            out[name] = spec.default
+        else:
+            raise UsageError(f"input '{name}' is required: pass -i {name}=VALUE")
+        if spec.enum is not None and out[name] not in spec.enum:
+            raise UsageError(f"input '{name}' must be one of {spec.enum}, got {out[name]!r}")
+    return out
+
+
+def _coerce(name: str, kind: str, raw: str) -> Any:
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind == "boolean":
+            lowered = raw.strip().lower()
+            if lowered in _TRUE | _FALSE:
+                return lowered in _TRUE
+            raise ValueError(raw)
+        if kind in ("array", "object", "any"):
+            value = json.loads(raw)
+            if kind == "array" and not isinstance(value, list):
+                raise ValueError(raw)
+            if kind == "object" and not isinstance(value, dict):
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        raise UsageError(f"input '{name}' expects {kind}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,118 @@
+"""The contracts extensions implement: step kinds (and, later, gate kinds, stores, hooks).
+
+Owns: `StepKind`, `StepContext`, `StepResult`, `Registry` and the entry-point group names.
+Small protocols with keyword-only signatures that can grow without breaking implementers.
+Must not: import a concrete step kind (runtime registers them), or do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from engine.errors import PluginError
+from engine.redact import Redactor
+
+__all__ = [
+    "ENTRY_POINT_GROUPS",
+    "Registry",
+    "Render",
+    "StepContext",
+    "StepKind",
+    "StepResult",
+]
+
+ENTRY_POINT_GROUPS = {
+    "steps": "blocks.steps",
+    "gates": "blocks.gates",
+    "stores": "blocks.stores",
+    "hooks": "blocks.hooks",
+}
+"""Where third-party packages register kinds (`[project.entry-points."blocks.steps"]`)."""
+
+Render = Callable[[Any], Any]
+"""Renders `${{ }}` templates in a value (strings, and strings inside lists and mappings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a step produced. The executor extracts the declared outputs from it."""
+
+    result: Any = None
+    """The step's structured result: an llm step's parsed answer, a python step's return
+    value, a shell step's stdout parsed as JSON when it is JSON (else None)."""
+    stdout: str = ""
+    """Captured standard output (shell), capped; used by outputs with `source: stdout`."""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    """Kind-specific facts for the record: exit code, model that answered, bytes dropped."""
+    cost_usd: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Everything a step kind may use while running one attempt of one step instance."""
+
+    run_id: str
+    step_id: str
+    instance: str
+    """`step` or `step[3]` for the fourth item of a fan-out."""
+    attempt: int
+    project_root: Path
+    workdir: Path
+    """A folder of this attempt's own, for logs and scratch files; it exists."""
+    env: Mapping[str, str]
+    """Resolved environment additions for this step (secrets included, never logged)."""
+    redactor: Redactor
+    log: Callable[[str, str], None]
+    """`log(stream, line)`: stream a line of output (already redacted by the executor)."""
+
+
+@runtime_checkable
+class StepKind(Protocol):
+    """One kind of step (`shell`, `python`, `llm`, `flow`, ...).
+
+    The executor owns retries, timeouts (it cancels `run` through anyio), journaling and
+    outputs; a kind only turns resolved parameters into a result, raising
+    `engine.errors.StepFailed` with a `category` so the retry policy can decide.
+    """
+
+    name: str
+
+    def resolve(self, step: Any, render: Render) -> dict[str, Any]:
+        """The step's parameters with every template rendered: JSON-able, and hashed into
+        the cache key, so two attempts with equal parameters are the same work."""
+        ...
+
+    def code_digest(self, step: Any, project_root: Path) -> str | None:
+        """A digest of the code the step runs (a python module's source), or None."""
+        ...
+
+    def run(self, ctx: StepContext, resolved: Mapping[str, Any]) -> Awaitable[StepResult]:
+        """Do the work. Must stop promptly when cancelled (and stop child processes)."""
+        ...
+
+
+class Registry:
+    """Step kinds by name. Built by `engine.runtime` and passed down: no global registry."""
+
+    def __init__(self) -> None:
+        self._steps: dict[str, StepKind] = {}
+
+    def add_step_kind(self, kind: StepKind) -> None:
+        if kind.name in self._steps:
+            raise PluginError(f"step kind '{kind.name}' is registered twice")
+        self._steps[kind.name] = kind
+
+    def step_kind(self, name: str) -> StepKind:
+        try:
+            return self._steps[name]
+        except KeyError:
+            known = ", ".join(sorted(self._steps)) or "none"
+            raise PluginError(f"no step kind '{name}' is registered (known: {known})") from None
+
+    @property
+    def step_kinds(self) -> Mapping[str, StepKind]:
+        return dict(self._steps)

@@ -1,0 +1,209 @@
+"""The composition root: settings, the registry, the executor, and a run from start to end.
+
+Owns: reading the environment (the only module that does), where state lives
+(`<project>/.blocks/`), run ids, the run lock and journal around an executor run, resume
+rules, signal handling, and structured logging setup. Must not: print to the terminal
+(the CLI renders the events this module forwards).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets as pysecrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine import __version__
+from engine.checks import find_project_root
+from engine.errors import ExecutionError, UsageError
+from engine.executor.cache import StepCache
+from engine.executor.journal import JournalWriter, read_journal
+from engine.executor.local import LocalExecutor, RunOptions, RunOutcome
+from engine.executor.lock import RunLock
+from engine.executor.state import RunSummary, replay, resumable
+from engine.plan import Plan, build_plan, coerce_inputs
+from engine.plugins import Registry
+from engine.redact import Redactor
+from engine.spec import Flow
+from engine.steps import builtin_step_kinds
+from engine.validate import load_spec
+
+__all__ = ["Runtime", "Settings", "load_settings"]
+
+JOURNAL = "journal.log"
+LOCK = "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    project_root: Path
+    state_dir: Path
+    user: str
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+
+def load_settings(spec_path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment: BLOCKS_STATE_DIR (default `<project>/.blocks`),
+    BLOCKS_USER (default the login name)."""
+    env = os.environ if environ is None else environ
+    root = Path(find_project_root(spec_path or os.getcwd())).resolve()
+    state = Path(env.get("BLOCKS_STATE_DIR") or root / ".blocks").resolve()
+    try:
+        user = env.get("BLOCKS_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Settings(root, state, user)
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique without coordination: `20261122-194501-3fa9c2`."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + pysecrets.token_hex(3)
+
+
+def build_registry() -> Registry:
+    registry = Registry()
+    for kind in builtin_step_kinds():
+        registry.add_step_kind(kind)
+    return registry
+
+
+Event = Callable[[dict[str, Any]], None]
+
+
+class Runtime:
+    """Everything a command needs to plan and run flows in one project."""
+
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self.registry = build_registry()
+
+    def plan(self, flow_path: str) -> Plan:
+        """Load, check and plan a flow file. Raises `SpecError` / `UsageError`."""
+        doc, spec = load_spec(flow_path, project_root=str(self.settings.project_root))
+        if not isinstance(spec, Flow):
+            raise UsageError(f"{flow_path} is a {spec.kind}, not a flow")
+        return build_plan(doc, spec, self.registry, self.settings.project_root)
+
+    def secrets_for(self, flow: Flow) -> dict[str, str]:
+        return {name: self.environ[name] for name in flow.secrets if self.environ.get(name)}
+
+    def redactor_for(self, flow: Flow) -> Redactor:
+        return Redactor(self.secrets_for(flow).values())
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.runs_dir / run_id
+
+    def summary(self, run_id: str) -> RunSummary:
+        path = self.run_dir(run_id) / JOURNAL
+        if not path.exists():
+            raise UsageError(f"no run '{run_id}' under {self.settings.runs_dir}")
+        summary = replay(read_journal(path).records)
+        summary.run_id = summary.run_id or run_id
+        return summary
+
+    def list_runs(self) -> list[RunSummary]:
+        if not self.settings.runs_dir.is_dir():
+            return []
+        out = []
+        for entry in sorted(self.settings.runs_dir.iterdir()):
+            if (entry / JOURNAL).exists():
+                try:
+                    out.append(self.summary(entry.name))
+                except ExecutionError:
+                    continue
+        return out
+
+    async def run(self, plan: Plan, *, given: Mapping[str, str], resume: str | None = None,
+                  force: bool = False, use_cache: bool = True, on_event: Event | None = None,
+                  executor_hook: Callable[[LocalExecutor], None] | None = None) -> RunOutcome:
+        """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled."""
+        flow = plan.flow
+        holder = f"{self.settings.user}@{socket.gethostname()}:{os.getpid()}"
+        prior: dict[str, Any] = {}
+        if resume is not None:
+            summary = self.summary(resume)
+            _check_resumable(summary, plan, force)
+            prior = resumable(summary)
+            inputs: dict[str, Any] = summary.inputs
+            run_id = resume
+        else:
+            inputs = coerce_inputs(flow, given)
+            run_id = new_run_id()
+        run_dir = self.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        redactor = self.redactor_for(flow)
+        executor = LocalExecutor(
+            cache=StepCache(self.settings.cache_dir), redactor=redactor,
+            secrets=self.secrets_for(flow), on_event=on_event,
+        )
+        if executor_hook is not None:
+            executor_hook(executor)
+        with RunLock(run_dir / LOCK, holder):
+            journal = JournalWriter.open(run_dir / JOURNAL)
+            try:
+                event = "run.resumed" if resume else "run.started"
+                record = redactor.value({
+                    "event": event, "run": run_id, "flow": flow.name, "path": plan.path,
+                    "spec_digest": plan.spec_digest, "inputs": inputs, "holder": holder,
+                    "engine": __version__, "steps": len(plan.order),
+                })
+                journal.append(record)
+                if on_event is not None:
+                    on_event(record)
+                options = RunOptions(run_id, inputs, use_cache=use_cache, force=force,
+                                     holder=holder)
+                return await _with_signals(executor, executor.run(
+                    plan, options, journal, prior=prior, run_dir=run_dir))
+            finally:
+                await journal.aclose()
+
+
+def _check_resumable(summary: RunSummary, plan: Plan, force: bool) -> None:
+    if summary.status in ("succeeded",):
+        raise UsageError(f"run {summary.run_id} already succeeded; nothing to resume")
+    if summary.spec_digest and summary.spec_digest != plan.spec_digest and not force:
+        raise UsageError(
+            f"the flow changed since run {summary.run_id} started "
+            f"({summary.spec_digest[:19]}... then, {plan.spec_digest[:19]}... now); "
+            "resuming would mix two versions: start a new run, or pass --force")
+    risky = [sid for sid in summary.in_flight
+             if sid in plan.steps and not plan.steps[sid].idempotent]
+    if risky and not force:
+        names = ", ".join(risky)
+        raise UsageError(
+            f"step {names} was interrupted mid-flight in run {summary.run_id} and is marked "
+            "idempotent: false, so running it again may repeat its side effects. Check what it "
+            "did, then resume with --force to run it again")
+
+
+async def _with_signals(executor: LocalExecutor, work: Any) -> RunOutcome:
+    """Run `work`; the first SIGINT or SIGTERM cancels it cleanly (steps cancelled, recorded)."""
+    result: list[RunOutcome] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                executor.stop(int(signum))
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        result.append(await work)
+        tg.cancel_scope.cancel()
+    return result[0]
