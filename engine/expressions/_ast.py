@@ -1,7 +1,7 @@
 """The syntax tree of a parsed expression, and printing it back to CEL source.
 
-Owns: the node classes (immutable; positions are excluded from equality so two parses of
-differently spaced text compare equal) and `to_source`, whose output parses back to an
+Owns: the node classes (never mutated; positions are excluded from equality so two parses
+of differently spaced text compare equal) and `to_source`, whose output parses back to an
 equal tree.
 Must not: parse, type-check or evaluate. Macros (`has`, `all`, `map`, ...) are plain `Call`
 nodes here; the parser validates their shape and the checker gives them meaning.
@@ -13,8 +13,7 @@ are not part of it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final
+from typing import ClassVar, Final
 
 __all__ = [
     "BINARY_LEVEL",
@@ -38,129 +37,223 @@ __all__ = [
 LiteralValue = int | float | str | bytes | bool | None
 
 
-@dataclass(frozen=True, slots=True)
-class Literal:
-    kind: str  # "int" | "uint" | "double" | "string" | "bytes" | "bool" | "null"
-    value: LiteralValue
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class _Node:
+    """Value semantics over `_fields`; positions are left out of equality and hashing.
+
+    Plain slotted classes rather than frozen dataclasses: they cost a fraction to define
+    (this module is imported by every `blocks validate`) and to construct. Nodes are shared
+    through the parse cache, so nothing may assign to them after construction.
+    """
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Node)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._key()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({args})"
+
+
+class Literal(_Node):
+    __slots__ = ("end", "kind", "offset", "value")
+    _fields = ("kind", "value")
+
+    def __init__(self, kind: str, value: LiteralValue, *, offset: int = 0, end: int = 0) -> None:
+        self.kind = kind  # "int" | "uint" | "double" | "string" | "bytes" | "bool" | "null"
+        self.value = value
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-@dataclass(frozen=True, slots=True)
-class Ident:
-    name: str  # keeps a leading '.', which the runtime treats as part of the name
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Ident(_Node):
+    __slots__ = ("end", "name", "offset")
+    _fields = ("name",)
+
+    def __init__(self, name: str, *, offset: int = 0, end: int = 0) -> None:
+        self.name = name  # keeps a leading '.', which the runtime treats as part of the name
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-@dataclass(frozen=True, slots=True)
-class Select:
-    operand: Expr
-    field: str
-    offset: int = field(default=0, compare=False)
-    start: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Select(_Node):
+    __slots__ = ("end", "field", "offset", "operand", "start")
+    _fields = ("operand", "field")
+
+    def __init__(
+        self, operand: Expr, field: str, *, offset: int = 0, start: int = 0, end: int = 0
+    ) -> None:
+        self.operand = operand
+        self.field = field
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class Index:
-    operand: Expr
-    index: Expr
-    offset: int = field(default=0, compare=False)
-    start: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Index(_Node):
+    __slots__ = ("end", "index", "offset", "operand", "start")
+    _fields = ("operand", "index")
+
+    def __init__(
+        self, operand: Expr, index: Expr, *, offset: int = 0, start: int = 0, end: int = 0
+    ) -> None:
+        self.operand = operand
+        self.index = index
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    function: str
-    args: tuple[Expr, ...]
-    target: Expr | None = None  # the receiver of `x.f(y)`
-    offset: int = field(default=0, compare=False)
-    start: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Call(_Node):
+    __slots__ = ("args", "end", "function", "offset", "start", "target")
+    _fields = ("function", "args", "target")
+
+    def __init__(
+        self,
+        function: str,
+        args: tuple[Expr, ...],
+        target: Expr | None = None,  # the receiver of `x.f(y)`
+        *,
+        offset: int = 0,
+        start: int = 0,
+        end: int = 0,
+    ) -> None:
+        self.function = function
+        self.args = args
+        self.target = target
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class Unary:
+class Unary(_Node):
     """`count` repeats of `op` written together: the runtime drops pairs (`!!x` is `x`)."""
 
-    op: str  # "!" | "-"
-    count: int
-    operand: Expr
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+    __slots__ = ("count", "end", "offset", "op", "operand")
+    _fields = ("op", "count", "operand")
+
+    def __init__(
+        self, op: str, count: int, operand: Expr, *, offset: int = 0, end: int = 0
+    ) -> None:
+        self.op = op  # "!" | "-"
+        self.count = count
+        self.operand = operand
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-@dataclass(frozen=True, slots=True)
-class Binary:
-    op: str
-    left: Expr
-    right: Expr
-    offset: int = field(default=0, compare=False)
-    start: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Binary(_Node):
+    __slots__ = ("end", "left", "offset", "op", "right", "start")
+    _fields = ("op", "left", "right")
+
+    def __init__(
+        self, op: str, left: Expr, right: Expr, *, offset: int = 0, start: int = 0, end: int = 0
+    ) -> None:
+        self.op = op
+        self.left = left
+        self.right = right
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class Ternary:
-    cond: Expr
-    then: Expr
-    otherwise: Expr
-    offset: int = field(default=0, compare=False)
-    start: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class Ternary(_Node):
+    __slots__ = ("cond", "end", "offset", "otherwise", "start", "then")
+    _fields = ("cond", "then", "otherwise")
+
+    def __init__(
+        self,
+        cond: Expr,
+        then: Expr,
+        otherwise: Expr,
+        *,
+        offset: int = 0,
+        start: int = 0,
+        end: int = 0,
+    ) -> None:
+        self.cond = cond
+        self.then = then
+        self.otherwise = otherwise
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class ListExpr:
-    elements: tuple[Expr, ...]
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class ListExpr(_Node):
+    __slots__ = ("elements", "end", "offset")
+    _fields = ("elements",)
+
+    def __init__(self, elements: tuple[Expr, ...], *, offset: int = 0, end: int = 0) -> None:
+        self.elements = elements
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-@dataclass(frozen=True, slots=True)
-class MapExpr:
-    entries: tuple[tuple[Expr, Expr], ...]
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+class MapExpr(_Node):
+    __slots__ = ("end", "entries", "offset")
+    _fields = ("entries",)
+
+    def __init__(
+        self, entries: tuple[tuple[Expr, Expr], ...], *, offset: int = 0, end: int = 0
+    ) -> None:
+        self.entries = entries
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-@dataclass(frozen=True, slots=True)
-class StructExpr:
+class StructExpr(_Node):
     """`a.b{f: v}` message construction: parsed (the runtime parses it) but never valid."""
 
-    name: str
-    fields: tuple[tuple[str, Expr], ...]
-    offset: int = field(default=0, compare=False)
-    end: int = field(default=0, compare=False)
+    __slots__ = ("end", "fields", "name", "offset")
+    _fields = ("name", "fields")
+
+    def __init__(
+        self, name: str, fields: tuple[tuple[str, Expr], ...], *, offset: int = 0, end: int = 0
+    ) -> None:
+        self.name = name
+        self.fields = fields
+        self.offset = offset
+        self.end = end
 
     @property
     def start(self) -> int:
         return self.offset
 
 
-Expr = Literal | Ident | Select | Index | Call | Unary | Binary | Ternary | ListExpr | MapExpr | StructExpr
+Expr = (
+    Literal | Ident | Select | Index | Call | Unary | Binary | Ternary
+    | ListExpr | MapExpr | StructExpr
+)  # fmt: skip
 
 # Binding strength, loosest first; a child printed below its context's level gets parentheses.
 BINARY_LEVEL: Final = {
@@ -181,7 +274,7 @@ def _child(node: Expr, level: int) -> str:
     return text if own >= level else f"({text})"
 
 
-def _fmt(node: Expr) -> tuple[str, int]:  # noqa: PLR0911, PLR0912 - one branch per node kind
+def _fmt(node: Expr) -> tuple[str, int]:  # noqa: PLR0911 - one return per node kind
     if isinstance(node, Literal):
         return _literal(node), _MEMBER
     if isinstance(node, Ident):
@@ -228,7 +321,7 @@ def _literal(node: Literal) -> str:
     if node.kind == "null":
         return "null"
     if node.kind == "uint":
-        return f"{v}u"
+        return f"{v!r}u"
     if node.kind == "string":
         assert isinstance(v, str)
         return quote_string(v)

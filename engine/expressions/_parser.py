@@ -59,7 +59,12 @@ def parse(source: str) -> Expr:
     """Parse `source`; raises `CelSyntaxError` (offset, message) on the first error."""
     if not source.strip():
         raise CelSyntaxError(0, "empty expression", max(len(source), 1))
-    return _Parser(source).parse_all()
+    try:
+        return _Parser(source).parse_all()
+    except RecursionError:
+        # Only reachable when the caller's own stack is already deep; MAX_DEPTH keeps
+        # normal use far from the interpreter limit.
+        raise CelSyntaxError(0, "expression is nested too deeply", len(source)) from None
 
 
 class _Parser:
@@ -105,30 +110,38 @@ class _Parser:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             self.fail(f"expression is nested too deeply (more than {MAX_DEPTH} levels)")
-        node = self.binary(1)
+        node = self.binary()
         if self.toks[self.pos][0] == "?":
             q = self.toks[self.pos]
             self.pos += 1
-            then = self.binary(1)
+            then = self.binary()
             if self.toks[self.pos][0] == "?":
                 self.fail("a conditional in the middle of '?:' needs parentheses")
             self.expect(":", "in a conditional expression")
             otherwise = self.expr()
-            node = Ternary(node, then, otherwise, q[1], node.start, otherwise.end)
+            node = Ternary(node, then, otherwise, offset=q[1], start=node.start, end=otherwise.end)
         self.depth -= 1
         return node
 
-    def binary(self, min_level: int) -> Expr:
-        left = self.unary()
+    def binary(self) -> Expr:
+        """Binary operators by precedence, with explicit stacks instead of recursion so
+        that the Python stack grows only with bracket nesting (bounded by MAX_DEPTH)."""
         toks = self.toks
+        operands = [self.unary()]
+        ops: list[Token] = []
         while True:
             tok = toks[self.pos]
             level = BINARY_LEVEL.get(tok[0])
-            if level is None or level < min_level:
-                return left
+            if level is None:
+                break
+            while ops and BINARY_LEVEL[ops[-1][0]] >= level:  # left-associative
+                _reduce(operands, ops.pop())
+            ops.append(tok)
             self.pos += 1
-            right = self.binary(level + 1)
-            left = Binary(tok[0], left, right, tok[1], left.start, right.end)
+            operands.append(self.unary())
+        while ops:
+            _reduce(operands, ops.pop())
+        return operands[0]
 
     def unary(self) -> Expr:
         toks = self.toks
@@ -143,7 +156,7 @@ class _Parser:
             return self.member()  # a negative literal, possibly with member access after it
         self.pos += count
         operand = self.member()
-        return Unary(op, count, operand, first[1], operand.end)
+        return Unary(op, count, operand, offset=first[1], end=operand.end)
 
     def member(self) -> Expr:
         node = self.primary()
@@ -160,17 +173,17 @@ class _Parser:
                 if toks[self.pos][0] == "(":
                     args, end = self.arguments()
                     node = self.macro_check(
-                        Call(str(name[3]), args, node, name[1], node.start, end)
+                        Call(str(name[3]), args, node, offset=name[1], start=node.start, end=end)
                     )
                 else:
-                    node = Select(node, str(name[3]), name[1], node.start, name[2])
+                    node = Select(node, str(name[3]), offset=name[1], start=node.start, end=name[2])
             elif tok[0] == "[":
                 self.pos += 1
                 if toks[self.pos][0] == "?":
                     self.fail("optional index '[?' is not supported")
                 index = self.expr()
                 close = self.expect("]", "to close '['")
-                node = Index(node, index, tok[1], node.start, close[2])
+                node = Index(node, index, offset=tok[1], start=node.start, end=close[2])
             else:
                 return node
 
@@ -182,11 +195,11 @@ class _Parser:
             self.pos += 1
             if kind == "int" and isinstance(tok[3], int) and tok[3] > INT64_MAX:
                 self.fail("int literal out of range (max 9223372036854775807)", tok)
-            return Literal(kind, cast(LiteralValue, tok[3]), tok[1], tok[2])
+            return Literal(kind, cast(LiteralValue, tok[3]), offset=tok[1], end=tok[2])
         if kind in _CONSTANTS:
             self.pos += 1
             lit_kind, value = _CONSTANTS[kind]
-            return Literal(lit_kind, value, tok[1], tok[2])
+            return Literal(lit_kind, value, offset=tok[1], end=tok[2])
         if kind == "-":
             return self.negative_literal(tok)
         if kind in ("ident", "."):
@@ -217,7 +230,7 @@ class _Parser:
         assert isinstance(value, int | float)
         if num[0] == "int" and isinstance(value, int) and value > INT64_MAX + 1:
             self.fail("int literal out of range (min -9223372036854775808)", num)
-        return Literal(num[0], -value, minus[1], num[2])
+        return Literal(num[0], -value, offset=minus[1], end=num[2])
 
     def name_or_call(self, tok: Token) -> Expr:
         toks = self.toks
@@ -245,11 +258,11 @@ class _Parser:
         self.pos += 1
         if toks[self.pos][0] == "(":
             args, end = self.arguments()
-            call = Call(name, args, None, start, start, end)
+            call = Call(name, args, offset=start, start=start, end=end)
             if name == "has" and len(args) == 1 and not isinstance(args[0], Select):
                 self.fail("has() needs a field selection, like has(a.b)", _first_token(args[0]))
             return call
-        return Ident(name, start, name_tok[2])
+        return Ident(name, offset=start, end=name_tok[2])
 
     def macro_check(self, call: Call) -> Call:
         arities = _MACROS.get(call.function)
@@ -287,7 +300,7 @@ class _Parser:
                 break
             self.pos += 1
         close = self.expect("]", f"to close '[' at {open_tok[1]}")
-        return ListExpr(tuple(elements), open_tok[1], close[2])
+        return ListExpr(tuple(elements), offset=open_tok[1], end=close[2])
 
     def map_expr(self, open_tok: Token) -> Expr:
         toks = self.toks
@@ -305,7 +318,7 @@ class _Parser:
                 break
             self.pos += 1
         close = self.expect("}", f"to close '{{' at {open_tok[1]}")
-        return MapExpr(tuple(entries), open_tok[1], close[2])
+        return MapExpr(tuple(entries), offset=open_tok[1], end=close[2])
 
     def struct_expr(self, name: str, start: int) -> Expr:
         toks = self.toks
@@ -326,7 +339,13 @@ class _Parser:
                 break
             self.pos += 1
         close = self.expect("}", "to close the message")
-        return StructExpr(name, tuple(fields), start, close[2])
+        return StructExpr(name, tuple(fields), offset=start, end=close[2])
+
+
+def _reduce(operands: list[Expr], op: Token) -> None:
+    right = operands.pop()
+    left = operands.pop()
+    operands.append(Binary(op[0], left, right, offset=op[1], start=left.start, end=right.end))
 
 
 def _first_token(node: Expr) -> Token:

@@ -111,6 +111,10 @@ class _FrozenFields(Mapping[str, CelType]):
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
+    def get(self, key: str, default: CelType | None = None) -> CelType | None:  # type: ignore[override]  # one signature instead of typeshed overloads
+        # Mapping.get goes through __getitem__ and an exception; this is on the hot path.
+        return self._data.get(key, default)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, _FrozenFields):
             return self._data == other._data
@@ -189,9 +193,7 @@ def assignable(expected: CelType, actual: CelType) -> bool:
         return assignable(expected.elem, actual.elem)
     if isinstance(expected, MapType):
         if isinstance(actual, MapType):
-            return assignable(expected.key, actual.key) and assignable(
-                expected.value, actual.value
-            )
+            return assignable(expected.key, actual.key) and assignable(expected.value, actual.value)
         if isinstance(actual, ObjectType):
             return assignable(expected.key, STRING)
     return False
