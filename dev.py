@@ -78,9 +78,22 @@ def _in_venv(commands: list[list[str]]) -> None:
 def lock() -> None:
     install()
     _run([PY, "-m", "pip", "-q", "install", "uv"])
-    _run([os.path.join(BIN, "uv"), "pip", "compile", "pyproject.toml", "--extra", "dev",
-          "--python-version", "3.11", "--generate-hashes", "--no-header",
-          "--output-file", "requirements.lock"])
+    _run(
+        [
+            os.path.join(BIN, "uv"),
+            "pip",
+            "compile",
+            "pyproject.toml",
+            "--extra",
+            "dev",
+            "--python-version",
+            "3.11",
+            "--generate-hashes",
+            "--no-header",
+            "--output-file",
+            "requirements.lock",
+        ]
+    )
 
 
 def main() -> None:

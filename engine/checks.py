@@ -18,7 +18,7 @@ from engine import expressions as ex
 from engine.errors import Diagnostic, SourceLocation
 from engine.graph import StepGraph, find_cycles
 from engine.loader import LoadedDocument, Path, pointer_of
-from engine.schema_errors import did_you_mean
+from engine.schema_errors import describe_value, did_you_mean
 from engine.spec import (
     GATE_METRICS,
     IRREVERSIBLE,
@@ -89,14 +89,22 @@ def check_raw_graph(doc: LoadedDocument) -> list[Diagnostic]:
     for cycle in find_cycles(needs):
         _report_cycle(ctx, cycle)
     gates = data.get("gates")
-    for gid, gate in (gates.items() if isinstance(gates, dict) else ()):
+    for gid, gate in gates.items() if isinstance(gates, dict) else ():
         after = gate.get("after") if isinstance(gate, dict) else None
         items = [after] if isinstance(after, str) else after if isinstance(after, list) else []
         for i, sid in enumerate(items):
             if isinstance(sid, str) and sid not in steps:
-                path = ("gates", gid, "after") if isinstance(after, str) else ("gates", gid, "after", i)
-                ctx.error("ref.unknown-step", f"gate '{gid}' runs after unknown step '{sid}'", path,
-                          hint=did_you_mean(sid, steps))
+                path = (
+                    ("gates", gid, "after")
+                    if isinstance(after, str)
+                    else ("gates", gid, "after", i)
+                )
+                ctx.error(
+                    "ref.unknown-step",
+                    f"gate '{gid}' runs after unknown step '{sid}'",
+                    path,
+                    hint=did_you_mean(sid, steps),
+                )
     return ctx.found
 
 
@@ -104,11 +112,25 @@ def _check_needs(ctx: _Context, needs: Mapping[str, list[str]]) -> None:
     for sid, deps in needs.items():
         for i, dep in enumerate(deps):
             path: Path = ("steps", sid, "needs", i)
-            if dep == sid:
+            if dep in deps[:i]:
+                ctx.error("spec.duplicate-need", f"'{dep}' is listed twice in needs", path)
+            elif dep == sid:
                 ctx.error("graph.self-dependency", f"step '{sid}' needs itself", path)
             elif dep not in needs:
-                ctx.error("ref.unknown-step", f"needs unknown step '{dep}'", path,
-                          hint=did_you_mean(dep, needs) or f"steps are: {', '.join(needs)}")
+                ctx.error(
+                    "ref.unknown-step",
+                    f"needs unknown step '{dep}'",
+                    path,
+                    hint=did_you_mean(dep, needs) or f"steps are: {', '.join(needs)}",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A checked expression and where it starts inside the string that holds it."""
+
+    result: ex.CheckResult
+    offset: int = 0
 
 
 @dataclass
@@ -117,44 +139,95 @@ class _Context:
     root: str
     found: list[Diagnostic] = field(default_factory=list)
 
-    def error(self, code: str, message: str, path: Path, *, hint: str | None = None,
-              key: bool = False, related: tuple[SourceLocation, ...] = ()) -> None:
-        self.found.append(Diagnostic(code, message, self.doc.locate(path, key=key),
-                                     pointer_of(path), hint, "error", related))
+    def error(
+        self,
+        code: str,
+        message: str,
+        path: Path,
+        *,
+        hint: str | None = None,
+        key: bool = False,
+        related: tuple[SourceLocation, ...] = (),
+    ) -> None:
+        self.found.append(
+            Diagnostic(
+                code,
+                message,
+                self.doc.locate(path, key=key),
+                pointer_of(path),
+                hint,
+                "error",
+                related,
+            )
+        )
 
     def file_exists(self, rel: str | None, path: Path, what: str) -> None:
         if rel is None or ex.has_template(rel):
             return
         full = os.path.join(self.root, rel)
         if not os.path.exists(full):
-            self.error("spec.missing-file", f"{what} '{rel}' does not exist", path,
-                       hint=f"paths are relative to the project root ({self.root})")
+            self.error(
+                "spec.missing-file",
+                f"{what} '{rel}' does not exist",
+                path,
+                hint=f"paths are relative to the project root ({self.root})",
+            )
 
-    def expression(self, source: str, path: Path, env: Mapping[str, ex.CelType], *,
-                   expect: ex.CelType | None = None, base_offset: int = 0) -> ex.CheckResult:
+    def expression(
+        self,
+        source: str,
+        path: Path,
+        env: Mapping[str, ex.CelType],
+        *,
+        expect: ex.CelType | None = None,
+        base_offset: int = 0,
+    ) -> ex.CheckResult:
         result = ex.check_expression(source, env, expect=expect)
         for issue in result.issues:
-            self.found.append(Diagnostic(
-                "expr.invalid", issue.message, self._expr_location(path, base_offset + issue.offset),
-                pointer_of(path), issue.hint))
+            self.found.append(
+                Diagnostic(
+                    "expr.invalid",
+                    issue.message,
+                    self._expr_location(path, base_offset + issue.offset),
+                    pointer_of(path),
+                    issue.hint,
+                )
+            )
         return result
 
-    def template(self, text: str, path: Path, env: Mapping[str, ex.CelType]) -> list[ex.CheckResult]:
-        """Check every `${{ }}` in a string; returns the result of each expression."""
+    def template(self, text: str, path: Path, env: Mapping[str, ex.CelType]) -> list[_Checked]:
+        """Check every `${{ }}` in a string; returns each expression's result and offset."""
         if not ex.has_template(text):
             return []
         parts, issues = ex.split_template(text)
         for issue in issues:
-            self.found.append(Diagnostic("expr.invalid", issue.message,
-                                         self._expr_location(path, issue.offset),
-                                         pointer_of(path), issue.hint))
-        return [self.expression(p.text, path, env, base_offset=p.offset)
-                for p in parts if p.is_expr]
+            self.found.append(
+                Diagnostic(
+                    "expr.invalid",
+                    issue.message,
+                    self._expr_location(path, issue.offset),
+                    pointer_of(path),
+                    issue.hint,
+                )
+            )
+        return [
+            _Checked(self.expression(p.text, path, env, base_offset=p.offset), p.offset)
+            for p in parts
+            if p.is_expr
+        ]
+
+    def reference_error(self, code: str, message: str, path: Path, offset: int, hint: str) -> None:
+        self.found.append(
+            Diagnostic(code, message, self._expr_location(path, offset), pointer_of(path), hint)
+        )
 
     def _expr_location(self, path: Path, offset: int) -> SourceLocation:
         loc = self.doc.locate(path)
-        line_text = self.doc.text.splitlines()[loc.line - 1] if loc.line - 1 < len(
-            self.doc.text.splitlines()) else ""
+        line_text = (
+            self.doc.text.splitlines()[loc.line - 1]
+            if loc.line - 1 < len(self.doc.text.splitlines())
+            else ""
+        )
         start = loc.col - 1
         if start < len(line_text) and line_text[start] in "\"'":
             start += 1
@@ -179,7 +252,9 @@ def _walk_strings(value: Any, path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _input_types(inputs: Mapping[str, Any], what: str) -> ex.ObjectType:
-    return ex.ObjectType({k: ex.type_from_schema_name(v.type) for k, v in inputs.items()}, what=what)
+    return ex.ObjectType(
+        {k: ex.type_from_schema_name(v.type) for k, v in inputs.items()}, what=what
+    )
 
 
 _STEP_FIELDS = {"status": ex.STRING, "output": ex.DYN, "duration": ex.DOUBLE, "attempts": ex.INT}
@@ -212,8 +287,12 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
     _check_inputs(ctx, flow.inputs, ("inputs",))
     for route_id, route in flow.models.items():
         if route.degrade_to is not None and route.degrade_to not in flow.models:
-            ctx.error("ref.unknown-model", f"unknown model route '{route.degrade_to}'",
-                      ("models", route_id, "degrade_to"), hint=did_you_mean(route.degrade_to, flow.models))
+            ctx.error(
+                "ref.unknown-model",
+                f"unknown model route '{route.degrade_to}'",
+                ("models", route_id, "degrade_to"),
+                hint=did_you_mean(route.degrade_to, flow.models),
+            )
     _check_needs(ctx, {sid: list(s.needs) for sid, s in steps.items()})
     for sid, step in steps.items():
         base: Path = ("steps", sid)
@@ -227,14 +306,23 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
             env[step.for_each.as_] = ex.DYN
             items = step.for_each.items
             if isinstance(items, str):
-                _refs(ctx, ctx.template(items, (*base, "for_each", "items"), env), sid, upstream,
-                      (*base, "for_each", "items"))
+                _refs(
+                    ctx,
+                    ctx.template(items, (*base, "for_each", "items"), env),
+                    sid,
+                    upstream,
+                    (*base, "for_each", "items"),
+                    frozenset(steps),
+                )
             elif not isinstance(items, list):
-                ctx.error("spec.bad-value", "for_each.items must be a list or a ${{ }} expression",
-                          (*base, "for_each", "items"))
+                ctx.error(
+                    "spec.bad-value",
+                    "for_each.items must be a list or a ${{ }} expression",
+                    (*base, "for_each", "items"),
+                )
         if step.when is not None:
             result = ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
-            _refs(ctx, [result], sid, upstream, (*base, "when"))
+            _refs(ctx, [_Checked(result)], sid, upstream, (*base, "when"), frozenset(steps))
         _check_step_kind(ctx, flow, sid, step, env, upstream)
     for cycle in graph.cycles():
         _report_cycle(ctx, cycle)
@@ -258,65 +346,116 @@ _VALUE_CHECKS: dict[str, Callable[[Any], bool]] = {
 def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:
     for name, spec in inputs.items():
         if spec.default is not None and not _VALUE_CHECKS[spec.type](spec.default):
-            ctx.error("spec.bad-default", f"default does not match type '{spec.type}'",
-                      (*base, name, "default"))
+            ctx.error(
+                "spec.bad-default",
+                f"default {describe_value(spec.default)} does not match type '{spec.type}'",
+                (*base, name, "default"),
+            )
         if spec.enum is not None and spec.default is not None and spec.default not in spec.enum:
-            ctx.error("spec.bad-default", "default is not one of the enum values",
-                      (*base, name, "default"))
+            ctx.error(
+                "spec.bad-default",
+                "default is not one of the enum values",
+                (*base, name, "default"),
+            )
 
 
-def _refs(ctx: _Context, results: list[ex.CheckResult], sid: str, upstream: frozenset[str],
-          path: Path) -> None:
+def _refs(
+    ctx: _Context,
+    checked: list[_Checked],
+    sid: str,
+    upstream: frozenset[str],
+    path: Path,
+    known: frozenset[str],
+) -> None:
     """A step may read only steps it waits for: anything else would be a race.
 
-    Reported once per step read, at the expression that reads it."""
+    Reported once per step read, at the reference. Unknown steps are the checker's to report.
+    """
     seen: set[str] = set()
-    for result in results:
-        for ref in result.references:
+    for item in checked:
+        for ref in item.result.references:
             if len(ref.path) < 2 or ref.path[0] != "steps":
                 continue
             other = ref.path[1]
-            if other in upstream or other == sid or other in seen:
+            if other in upstream or other == sid or other in seen or other not in known:
                 continue
             seen.add(other)
-            ctx.error("ref.not-upstream",
-                      f"step '{sid}' reads steps.{other} but does not wait for it",
-                      path, hint=f"add '{other}' to needs")
+            ctx.reference_error(
+                "ref.not-upstream",
+                f"step '{sid}' reads steps.{other} but does not wait for it",
+                path,
+                item.offset + ref.offset,
+                f"add '{other}' to needs",
+            )
 
 
-def _gate_refs(ctx: _Context, gid: str, results: list[ex.CheckResult], visible: frozenset[str],
-               path: Path) -> None:
+def _gate_refs(
+    ctx: _Context,
+    gid: str,
+    checked: list[_Checked],
+    visible: frozenset[str],
+    path: Path,
+    known: frozenset[str],
+) -> None:
     """A gate reads only steps that have finished when it runs: its `after` and their needs."""
-    for result in results:
-        for ref in result.references:
-            if len(ref.path) >= 2 and ref.path[0] == "steps" and ref.path[1] not in visible:
-                ctx.error("ref.not-upstream",
-                          f"gate '{gid}' reads steps.{ref.path[1]} but runs before it finishes",
-                          path, hint=f"add '{ref.path[1]}' to the gate's after")
+    for item in checked:
+        for ref in item.result.references:
+            if (
+                len(ref.path) >= 2
+                and ref.path[0] == "steps"
+                and ref.path[1] not in visible
+                and ref.path[1] in known
+            ):
+                ctx.reference_error(
+                    "ref.not-upstream",
+                    f"gate '{gid}' reads steps.{ref.path[1]} but runs before it finishes",
+                    path,
+                    item.offset + ref.offset,
+                    f"add '{ref.path[1]}' to the gate's after",
+                )
                 return
 
 
-def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
-                     env: Mapping[str, ex.CelType], upstream: frozenset[str]) -> None:
+def _check_step_kind(
+    ctx: _Context,
+    flow: Flow,
+    sid: str,
+    step: Any,
+    env: Mapping[str, ex.CelType],
+    upstream: frozenset[str],
+) -> None:
     base: Path = ("steps", sid)
 
+    known = frozenset(flow.steps)
+
     def template(text: str, path: Path) -> None:
-        _refs(ctx, ctx.template(text, path, env), sid, upstream, path)
+        _refs(ctx, ctx.template(text, path, env), sid, upstream, path, known)
 
     if isinstance(step, ShellStep):
         for i, arg in enumerate(step.run or []):
             template(arg, (*base, "run", i))
         if step.script is not None and ex.has_template(step.script):
-            ctx.error("spec.template-in-script",
-                      "a script may not contain ${{ }}: values would become shell code",
-                      (*base, "script"), hint="pass the value through env and use \"$NAME\"")
+            path = (*base, "script")
+            where = ctx.doc.find_after(path, "${{") or ctx.doc.locate(path)
+            ctx.found.append(
+                Diagnostic(
+                    "spec.template-in-script",
+                    "a script may not contain ${{ }}: values would become shell code",
+                    where,
+                    pointer_of(path),
+                    'pass the value through env and use "$NAME"',
+                )
+            )
         for name, value in step.env.items():
             if isinstance(value, SecretRef):
                 if value.secret not in flow.secrets:
-                    ctx.error("ref.unknown-secret", f"secret '{value.secret}' is not declared",
-                              (*base, "env", name, "secret"),
-                              hint=did_you_mean(value.secret, flow.secrets)
-                              or "list it under the flow's `secrets`")
+                    ctx.error(
+                        "ref.unknown-secret",
+                        f"secret '{value.secret}' is not declared",
+                        (*base, "env", name, "secret"),
+                        hint=did_you_mean(value.secret, flow.secrets)
+                        or "list it under the flow's `secrets`",
+                    )
             else:
                 template(value, (*base, "env", name))
     elif isinstance(step, PythonStep):
@@ -326,9 +465,13 @@ def _check_step_kind(ctx: _Context, flow: Flow, sid: str, step: Any,
             ctx.file_exists(folder, (*base, "pythonpath", i), "folder")
     elif isinstance(step, LlmStep):
         if step.model not in flow.models:
-            ctx.error("ref.unknown-model", f"unknown model route '{step.model}'", (*base, "model"),
-                      hint=did_you_mean(step.model, flow.models)
-                      or "declare it under the flow's `models`")
+            ctx.error(
+                "ref.unknown-model",
+                f"unknown model route '{step.model}'",
+                (*base, "model"),
+                hint=did_you_mean(step.model, flow.models)
+                or "declare it under the flow's `models`",
+            )
         ctx.file_exists(step.prompt, (*base, "prompt"), "prompt file")
         ctx.file_exists(step.system, (*base, "system"), "system prompt file")
         ctx.file_exists(step.output_schema, (*base, "output_schema"), "output schema")
@@ -345,30 +488,52 @@ def _report_cycle(ctx: _Context, cycle: tuple[str, ...]) -> None:
         return  # a self-dependency, already reported at its `needs` entry
     locations = [ctx.doc.locate(("steps", s), key=True) for s in cycle]
     shown = " → ".join(f"{s} (line {loc.line})" for s, loc in zip(cycle, locations, strict=True))
-    ctx.error("graph.cycle", f"dependency cycle: {shown} → {cycle[0]}", ("steps", cycle[0]),
-              key=True, related=tuple(locations[1:]), hint="remove one of these needs")
+    ctx.error(
+        "graph.cycle",
+        f"dependency cycle: {shown} → {cycle[0]}",
+        ("steps", cycle[0]),
+        key=True,
+        related=tuple(locations[1:]),
+        hint="remove one of these needs",
+    )
 
 
-def _check_gates(ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectType],
-                 inputs: ex.ObjectType) -> None:
+def _check_gates(
+    ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectType], inputs: ex.ObjectType
+) -> None:
     for gid, gate in flow.gates.items():
         base: Path = ("gates", gid)
         after = [gate.after] if isinstance(gate.after, str) else list(gate.after)
         for i, sid in enumerate(after):
             if sid not in flow.steps:
                 path = (*base, "after") if isinstance(gate.after, str) else (*base, "after", i)
-                ctx.error("ref.unknown-step", f"gate '{gid}' runs after unknown step '{sid}'", path,
-                          hint=did_you_mean(sid, flow.steps))
+                ctx.error(
+                    "ref.unknown-step",
+                    f"gate '{gid}' runs after unknown step '{sid}'",
+                    path,
+                    hint=did_you_mean(sid, flow.steps),
+                )
         if isinstance(gate, MetricGate):
             metrics = {k: ex.type_from_schema_name(v.type) for k, v in gate.metrics.items()}
-            value_env = {"inputs": inputs, "steps": ex.ObjectType(dict(step_types), what="step"),
-                         "run": _RUN_TYPE}
+            value_env = {
+                "inputs": inputs,
+                "steps": ex.ObjectType(dict(step_types), what="step"),
+                "run": _RUN_TYPE,
+            }
             graph = StepGraph({sid: list(s.needs) for sid, s in flow.steps.items()})
             visible = frozenset(a for a in after if a in flow.steps).union(
-                *(graph.ancestors(a) for a in after if a in flow.steps))
+                *(graph.ancestors(a) for a in after if a in flow.steps)
+            )
             for name, source in gate.metrics.items():
                 for text, path in _walk_strings(source.value, (*base, "metrics", name, "value")):
-                    _gate_refs(ctx, gid, ctx.template(text, path, value_env), visible, path)
+                    _gate_refs(
+                        ctx,
+                        gid,
+                        ctx.template(text, path, value_env),
+                        visible,
+                        path,
+                        frozenset(flow.steps),
+                    )
             env: dict[str, ex.CelType] = dict(metrics)
             if gate.baseline is not None:
                 env["baseline"] = ex.ObjectType(metrics, what="baseline metric")
@@ -377,8 +542,12 @@ def _check_gates(ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectTy
         ctx.expression(gate.require, (*base, "require"), env, expect=ex.BOOL)
         if isinstance(gate, ReviewGate):
             if gate.model not in flow.models:
-                ctx.error("ref.unknown-model", f"unknown model route '{gate.model}'",
-                          (*base, "model"), hint=did_you_mean(gate.model, flow.models))
+                ctx.error(
+                    "ref.unknown-model",
+                    f"unknown model route '{gate.model}'",
+                    (*base, "model"),
+                    hint=did_you_mean(gate.model, flow.models),
+                )
             ctx.file_exists(gate.rubric, (*base, "rubric"), "rubric")
         if isinstance(gate, ContractGate):
             ctx.file_exists(gate.schema_, (*base, "schema"), "schema")
@@ -388,9 +557,14 @@ def _check_gates(ctx: _Context, flow: Flow, step_types: Mapping[str, ex.ObjectTy
 # runbooks, blocks, alerts
 
 _CHANNEL = ex.ObjectType(
-    {"frozen": ex.BOOL, "current": ex.ObjectType(
-        {"bundle": ex.STRING, "gates_passed": ex.BOOL, "promoted_at": ex.STRING},
-        what="bundle field"), "previous": ex.DYN},
+    {
+        "frozen": ex.BOOL,
+        "current": ex.ObjectType(
+            {"bundle": ex.STRING, "gates_passed": ex.BOOL, "promoted_at": ex.STRING},
+            what="bundle field",
+        ),
+        "previous": ex.DYN,
+    },
     what="channel field",
 )
 _CIRCUIT = ex.ObjectType({"state": ex.STRING, "failures": ex.INT}, what="circuit field")
@@ -406,8 +580,11 @@ def _check_runbook(ctx: _Context, runbook: Runbook) -> None:
         base: Path = ("steps", i)
         if step.id in first_seen:
             line = ctx.doc.locate(("steps", first_seen[step.id], "id")).line
-            ctx.error("spec.duplicate-id", f"duplicate step id '{step.id}' (first at line {line})",
-                      (*base, "id"))
+            ctx.error(
+                "spec.duplicate-id",
+                f"duplicate step id '{step.id}' (first at line {line})",
+                (*base, "id"),
+            )
         first_seen.setdefault(step.id, i)
         env: dict[str, ex.CelType] = {
             "params": params,
@@ -427,23 +604,36 @@ def _check_runbook(ctx: _Context, runbook: Runbook) -> None:
                 if isinstance(rel, str):
                     ctx.file_exists(rel, (*base, proc_name, rel_field), "flow")
         if step.undo is not None and step.do.kind in IRREVERSIBLE:
-            ctx.error("spec.irreversible-undo",
-                      f"'{step.do.kind}' cannot be undone, so this step may not have `undo`",
-                      (*base, "undo"), key=True)
+            ctx.error(
+                "spec.irreversible-undo",
+                f"'{step.do.kind}' cannot be undone, so this step may not have `undo`",
+                (*base, "undo"),
+                key=True,
+            )
         if step.when is not None:
             ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
         if step.verify is not None:
-            ctx.expression(step.verify, (*base, "verify"), {**env, "result": ex.DYN}, expect=ex.BOOL)
+            ctx.expression(
+                step.verify, (*base, "verify"), {**env, "result": ex.DYN}, expect=ex.BOOL
+            )
         if not isinstance(step.on_failure, str):
             target = step.on_failure.goto
             if target not in ids:
-                ctx.error("ref.unknown-step", f"goto unknown step '{target}'",
-                          (*base, "on_failure", "goto"), hint=did_you_mean(target, ids))
+                ctx.error(
+                    "ref.unknown-step",
+                    f"goto unknown step '{target}'",
+                    (*base, "on_failure", "goto"),
+                    hint=did_you_mean(target, ids),
+                )
             elif target == step.id:
-                ctx.error("spec.bad-value", "a step cannot go to itself on failure",
-                          (*base, "on_failure", "goto"))
-        earlier[step.id] = ex.ObjectType({"status": ex.STRING, "outputs": ex.DYN, "result": ex.DYN},
-                                         what="step field")
+                ctx.error(
+                    "spec.bad-value",
+                    "a step cannot go to itself on failure",
+                    (*base, "on_failure", "goto"),
+                )
+        earlier[step.id] = ex.ObjectType(
+            {"status": ex.STRING, "outputs": ex.DYN, "result": ex.DYN}, what="step field"
+        )
 
 
 def _check_block(ctx: _Context, block: Block) -> None:

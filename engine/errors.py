@@ -151,8 +151,14 @@ class StepFailed(ExecutionError):
     decides); `permanent` (and anything else) is never retried.
     """
 
-    def __init__(self, message: str, *, step: str | None = None, category: str = "permanent",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        category: str = "permanent",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, step=step)
         self.category = category
         self.retry_after = retry_after

@@ -118,8 +118,7 @@ def _cycle_path(graph: Mapping[str, list[str]], members: set[str]) -> tuple[str,
     while True:
         nxt = next(d for d in graph[current] if d in members)
         if nxt in seen:
-            return tuple(path[seen[nxt]:])
+            return tuple(path[seen[nxt] :])
         seen[nxt] = len(path)
         path.append(nxt)
         current = nxt
-

@@ -41,6 +41,7 @@ __all__ = [
     "LoaderLimits",
     "Path",
     "YamlFloat",
+    "YamlInt",
     "load_document",
     "load_file",
     "pointer_of",
@@ -62,6 +63,21 @@ class YamlFloat(float):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (YamlFloat, (self.text,))
+
+
+class YamlInt(int):
+    """An int written in a way its value does not show (`0755`, `0x1F`, `+3`): a field that
+    expects a string gets the text as written."""
+
+    text: str
+
+    def __new__(cls, text: str, value: int) -> YamlInt:
+        obj = super().__new__(cls, value)
+        obj.text = text
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (YamlInt, (self.text, int(self)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +129,19 @@ class LoadedDocument:
                 return self.location_at(offset)
         return SourceLocation(self.path, 1, 1)
 
+    def find_after(self, path: Path, needle: str) -> SourceLocation | None:
+        """Where `needle` first occurs at or after the start of the node at `path` (for a
+        position inside a block scalar, whose text the loader has already unfolded)."""
+        start = self._locator.offset(path, key=False)
+        if start is None:
+            return None
+        index = self.raw.find(needle.encode("utf-8"), start)
+        return self.location_at(index) if index != -1 else None
+
     def location_at(self, byte_offset: int) -> SourceLocation:
         if self._line_starts is None:
             starts = [0]
-            starts.extend(m.end() for m in re.finditer(b"\n", self.raw))
+            starts.extend(m.end() for m in re.finditer(b"\r\n|\r|\n", self.raw))
             self._line_starts = starts
         line = bisect_right(self._line_starts, byte_offset)
         start = self._line_starts[line - 1]
@@ -124,14 +149,21 @@ class LoadedDocument:
         return SourceLocation(self.path, line, col)
 
 
-def load_file(path: str | os.PathLike[str], limits: LoaderLimits = DEFAULT_LIMITS) -> LoadedDocument:
+def load_file(
+    path: str | os.PathLike[str], limits: LoaderLimits = DEFAULT_LIMITS
+) -> LoadedDocument:
     """Read and load one spec file. Raises `SpecError` with positions on any problem."""
     display = os.fspath(path)
     try:
         size = os.path.getsize(display)
         if size > limits.max_bytes:
-            _fail(display, 1, 1, "yaml.too-large",
-                  f"file is {size} bytes; the limit is {limits.max_bytes} bytes")
+            _fail(
+                display,
+                1,
+                1,
+                "yaml.too-large",
+                f"file is {size} bytes; the limit is {limits.max_bytes} bytes",
+            )
         with open(display, "rb") as fh:
             raw = fh.read(limits.max_bytes + 1)
     except OSError as exc:
@@ -142,8 +174,13 @@ def load_file(path: str | os.PathLike[str], limits: LoaderLimits = DEFAULT_LIMIT
 def load_document(path: str, raw: bytes, limits: LoaderLimits = DEFAULT_LIMITS) -> LoadedDocument:
     """Load YAML bytes that came from `path` (used only for messages)."""
     if len(raw) > limits.max_bytes:
-        _fail(path, 1, 1, "yaml.too-large",
-              f"file is {len(raw)} bytes; the limit is {limits.max_bytes} bytes")
+        _fail(
+            path,
+            1,
+            1,
+            "yaml.too-large",
+            f"file is {len(raw)} bytes; the limit is {limits.max_bytes} bytes",
+        )
     text = _decode(path, raw)
     _check_tabs(path, text)
     if not _has_irregular_scalar(text):
@@ -163,30 +200,52 @@ def _fail(path: str, line: int, col: int, code: str, message: str, hint: str | N
 
 def _decode(path: str, raw: bytes) -> str:
     if raw.startswith(b"\xef\xbb\xbf"):
-        _fail(path, 1, 1, "yaml.bom", "file starts with a byte-order mark (BOM)",
-              "save the file as UTF-8 without a BOM")
+        _fail(
+            path,
+            1,
+            1,
+            "yaml.bom",
+            "file starts with a byte-order mark (BOM)",
+            "save the file as UTF-8 without a BOM",
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         start = raw.rfind(b"\n", 0, exc.start) + 1
-        col = len(raw[start:exc.start].decode("utf-8", errors="replace")) + 1
-        _fail(path, line, col, "yaml.encoding",
-              f"invalid UTF-8: byte 0x{raw[exc.start]:02x} cannot start or continue a character",
-              "save the file as UTF-8")
+        col = len(raw[start : exc.start].decode("utf-8", errors="replace")) + 1
+        _fail(
+            path,
+            line,
+            col,
+            "yaml.encoding",
+            f"invalid UTF-8: byte 0x{raw[exc.start]:02x} cannot start or continue a character",
+            "save the file as UTF-8",
+        )
     if not text.strip() or all(
         not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
     ):
-        _fail(path, 1, 1, "yaml.empty", "file is empty: expected a mapping with `version` and `kind`")
+        _fail(
+            path, 1, 1, "yaml.empty", "file is empty: expected a mapping with `version` and `kind`"
+        )
     odd = _AMBIGUOUS_CHARS.search(text)
     if odd is not None:
         idx = odd.start()
         line = text.count("\n", 0, idx) + 1
-        name = {"\x00": "NUL", "\x85": "NEXT LINE", "\u2028": "LINE SEPARATOR",
-                "\u2029": "PARAGRAPH SEPARATOR"}[odd.group()]
-        _fail(path, line, idx - text.rfind("\n", 0, idx), "yaml.encoding",
-              f"file contains U+{ord(odd.group()):04X} ({name})",
-              "YAML 1.1 and 1.2 disagree on whether it breaks a line; use \\n or remove it")
+        name = {
+            "\x00": "NUL",
+            "\x85": "NEXT LINE",
+            "\u2028": "LINE SEPARATOR",
+            "\u2029": "PARAGRAPH SEPARATOR",
+        }[odd.group()]
+        _fail(
+            path,
+            line,
+            idx - text.rfind("\n", 0, idx),
+            "yaml.encoding",
+            f"file contains U+{ord(odd.group()):04X} ({name})",
+            "YAML 1.1 and 1.2 disagree on whether it breaks a line; use \\n or remove it",
+        )
     return text
 
 
@@ -202,9 +261,14 @@ def _check_tabs(path: str, text: str) -> None:
     match = _TAB_INDENT.search(text)
     if match is not None:
         line = text.count("\n", 0, match.start()) + 1
-        _fail(path, line, len(match.group(1)) + 1, "yaml.tab",
-              "tab character in indentation; YAML indents with spaces only",
-              "replace the tab with spaces")
+        _fail(
+            path,
+            line,
+            len(match.group(1)) + 1,
+            "yaml.tab",
+            "tab character in indentation; YAML indents with spaces only",
+            "replace the tab with spaces",
+        )
 
 
 # Plain scalars that rapidyaml's JSON emitter spells differently from the YAML 1.2 core
@@ -215,7 +279,7 @@ def _check_tabs(path: str, text: str) -> None:
 _VALUE_CANDIDATE = re.compile(r"[~NTFIin0-9.+-][\w.+-]*(?=[ \t]*(?:$|#|[,\]}]))", re.MULTILINE)
 _IRREGULAR_VALUE = re.compile(
     r"~|Null|NULL|True|TRUE|False|FALSE"
-    r"|[-+]?0[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|\+[0-9.][\w.+-]*"
+    r"|-0|[-+]?0[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|\+[0-9.][\w.+-]*"
     r"|[-+]?\.?(?:inf|Inf|INF)|\.?(?:nan|NaN|NAN)"
     r"|[-+]?\.[0-9][\w.+-]*|[-+]?[0-9]+\.(?:[eE][-+]?[0-9]+)?"
 )
@@ -241,11 +305,18 @@ _NODE_PROPERTY = re.compile(rb"[!&*][^\s=&,\]}]")
 
 
 class _PyBuffer(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012  (ctypes wants a plain list here)
-        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
     ]
 
 
@@ -295,7 +366,9 @@ class _RymlLocator:
         for part in path:
             if tree.is_map(node) and isinstance(part, str):
                 node = tree.find_child(node, part.encode("utf-8"))
-            elif tree.is_seq(node) and isinstance(part, int) and 0 <= part < tree.num_children(node):
+            elif (
+                tree.is_seq(node) and isinstance(part, int) and 0 <= part < tree.num_children(node)
+            ):
                 node = tree.child(node, part)
             else:
                 return None
@@ -305,24 +378,34 @@ class _RymlLocator:
 
     def _node_offset(self, node: int, *, key: bool) -> int | None:
         tree = self._tree
-        while True:
-            if tree.has_key(node) and (key or tree.is_container(node)):
-                view, quoted = tree.key(node), tree.is_key_quoted(node)
-            elif tree.has_val(node) and not tree.is_container(node):
-                view, quoted = tree.val(node), tree.is_val_quoted(node)
-            elif tree.has_children(node):
-                node = tree.first_child(node)
-                continue
-            else:
-                return None
-            if view is None:
-                return None
-            offset = _address(view) - self._base
-            if not 0 <= offset <= len(self._buf):
-                return None
-            if quoted and offset > 0 and self._buf[offset - 1] in (0x22, 0x27):
-                offset -= 1
+        if tree.has_key(node) and (key or tree.is_container(node) or tree.val(node) is None):
+            return self._view_offset(tree.key(node), tree.is_key_quoted(node))
+        if tree.has_val(node) and not tree.is_container(node):
+            return self._view_offset(tree.val(node), tree.is_val_quoted(node))
+        if tree.has_children(node):
+            offset = self._node_offset(tree.first_child(node), key=True)
+            if offset is not None and tree.is_seq(node):
+                offset = self._dash_before(offset)
             return offset
+        return None
+
+    def _view_offset(self, view: Any, quoted: bool) -> int | None:
+        if view is None:
+            return None
+        offset = _address(view) - self._base
+        if not 0 <= offset <= len(self._buf):
+            return None
+        if quoted and offset > 0 and self._buf[offset - 1] in (0x22, 0x27):
+            offset -= 1
+        return offset
+
+    def _dash_before(self, offset: int) -> int:
+        """A block list starts at the `-` of its first item, on the same line."""
+        start = offset
+        while start > 0 and self._buf[start - 1] in (0x20, 0x2D):  # spaces and dashes
+            start -= 1
+        dash = self._buf.find(b"-", start, offset)
+        return dash if dash != -1 else offset
 
 
 def _load_fast(path: str, raw: bytes, limits: LoaderLimits) -> LoadedDocument | None:
@@ -332,7 +415,7 @@ def _load_fast(path: str, raw: bytes, limits: LoaderLimits) -> LoadedDocument | 
     try:
         with _quiet_stderr():
             tree = ryml.parse_in_place(buf)
-    except Exception:  # noqa: BLE001  (a syntax error: ruamel's messages say more, let it explain)
+    except Exception:
         return None
     if tree.size() == 0:
         return None
@@ -348,15 +431,11 @@ def _load_fast(path: str, raw: bytes, limits: LoaderLimits) -> LoadedDocument | 
         with _quiet_stderr():
             emitted = ryml.emit_json(tree, root)
         data = json.loads(emitted, parse_float=YamlFloat, object_pairs_hook=_unique_pairs)
-    except Exception:  # noqa: BLE001  (duplicate key, control character, depth: exact path reports)
+    except Exception:
         return None
-    doc = LoadedDocument(path, raw, text, data, _RymlLocator(tree, buf, root))
-    deep = _too_deep(data, limits.max_depth)
-    if deep is not None:
-        loc = doc.locate(deep)
-        _fail(path, loc.line, loc.col, "yaml.too-deep",
-              f"nesting is deeper than {limits.max_depth} levels")
-    return doc
+    if not isinstance(data, dict | list) or _too_deep(data, limits.max_depth):
+        return None  # empty, a bare scalar, or too deep: the exact path says where, precisely
+    return LoadedDocument(path, raw, text, data, _RymlLocator(tree, buf, root))
 
 
 class _DuplicateKeyError(ValueError):
@@ -378,42 +457,19 @@ def _has_node_properties(tree: Any) -> bool:
     return any(type_of(i) & mask for i in range(tree.size()))
 
 
-def _too_deep(data: Any, max_depth: int) -> Path | None:
-    """The path of a node nested deeper than `max_depth`, if any (containers only)."""
+def _too_deep(data: Any, max_depth: int) -> bool:
+    """Whether containers nest deeper than `max_depth` (the top level counts as 1)."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     pop, push = stack.pop, stack.append
     while stack:
         node, depth = pop()
-        if depth >= max_depth:
-            return _path_to_depth(data, max_depth)
+        if depth > max_depth:
+            return True
         children = node.values() if type(node) is dict else node
         for child in children:
             if type(child) is dict or type(child) is list:
                 push((child, depth + 1))
-    return None
-
-
-def _path_to_depth(data: Any, max_depth: int) -> Path:
-    path: list[str | int] = []
-    node = data
-    while len(path) < max_depth:
-        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
-        for key, child in items:
-            if isinstance(child, dict | list) and _depth(child) >= max_depth - len(path) - 1:
-                path.append(key)
-                node = child
-                break
-        else:
-            break
-    return tuple(path)
-
-
-def _depth(node: Any) -> int:
-    if isinstance(node, dict):
-        return 1 + max((_depth(v) for v in node.values()), default=0)
-    if isinstance(node, list):
-        return 1 + max((_depth(v) for v in node), default=0)
-    return 0
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,11 +499,12 @@ def resolve_plain(text: str) -> Any:
     if text in _BOOL:
         return _BOOL[text]
     if _INT10.match(text):
-        return int(text, 10)
+        value = int(text, 10)
+        return value if str(value) == text else YamlInt(text, value)
     if _INT8.match(text):
-        return int(text[2:], 8)
+        return YamlInt(text, int(text[2:], 8))
     if _INT16.match(text):
-        return int(text[2:], 16)
+        return YamlInt(text, int(text[2:], 16))
     if _FLOAT.match(text) or _SPECIAL.match(text):
         return YamlFloat(text)
     return text
@@ -478,29 +535,40 @@ class _Builder:
     def where(self, mark: Any) -> SourceLocation:
         return SourceLocation(self.path, int(mark.line) + 1, int(mark.column) + 1)
 
-    def problem(self, mark: Any, code: str, message: str, pointer: Path, hint: str | None = None) -> None:
+    def problem(
+        self, mark: Any, code: str, message: str, pointer: Path, hint: str | None = None
+    ) -> None:
         self.problems.append(Diagnostic(code, message, self.where(mark), pointer_of(pointer), hint))
 
     def build(self, node: Any, path: Path, key_mark: Any, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:
             raise _TooBig(node)
-        if depth > self.limits.max_depth:
+        if depth > self.limits.max_depth and node.id != "scalar":
             raise _TooDeep(node)
-        key_off = self._char_to_byte(key_mark.index if key_mark is not None else node.start_mark.index)
+        key_off = self._char_to_byte(
+            key_mark.index if key_mark is not None else node.start_mark.index
+        )
         # a mapping or list that is a key's value is "at" its key, as on the fast path
-        value_off = key_off if node.id != "scalar" and key_mark is not None else \
-            self._char_to_byte(node.start_mark.index)
+        at_key = key_mark is not None and (node.id != "scalar" or node.value == "")
+        value_off = key_off if at_key else self._char_to_byte(node.start_mark.index)
         self.offsets[path] = (key_off, value_off)
         tag = str(node.tag)
         kind = node.id
         if kind == "scalar":
             return self._scalar(node, tag, path)
-        if tag not in _CORE_TAGS and not tag.startswith("tag:yaml.org,2002:"):
-            self.problem(node.start_mark, "yaml.tag", f"custom tag '{tag}' is not allowed", path,
-                         "remove the tag; specs use plain YAML values")
+        if tag not in _CORE_TAGS:
+            self.problem(
+                node.start_mark,
+                "yaml.tag",
+                f"custom tag '{_short_tag(tag)}' is not allowed",
+                path,
+                "remove the tag; specs use plain YAML values",
+            )
         if kind == "sequence":
-            return [self.build(item, (*path, i), None, depth + 1) for i, item in enumerate(node.value)]
+            return [
+                self.build(item, (*path, i), None, depth + 1) for i, item in enumerate(node.value)
+            ]
         return self._mapping(node, path, depth)
 
     def _scalar(self, node: Any, tag: str, path: Path) -> Any:
@@ -509,8 +577,13 @@ class _Builder:
             tag.startswith("tag:yaml.org,2002:") and tag not in _CORE_TAGS
         )
         if explicit:
-            self.problem(node.start_mark, "yaml.tag", f"custom tag '{tag}' is not allowed", path,
-                         "remove the tag; specs use plain YAML values")
+            self.problem(
+                node.start_mark,
+                "yaml.tag",
+                f"custom tag '{_short_tag(tag)}' is not allowed",
+                path,
+                "remove the tag; specs use plain YAML values",
+            )
             return text
         if node.style is not None:  # quoted or block: always a string unless tagged !!str...
             return text if tag == "tag:yaml.org,2002:str" else resolve_plain(text)
@@ -524,18 +597,32 @@ class _Builder:
         seen: dict[str, Any] = {}
         for key_node, value_node in _merged_pairs(node):
             if key_node.id != "scalar":
-                self.problem(key_node.start_mark, "yaml.key", "mapping keys must be plain strings", path)
+                self.problem(
+                    key_node.start_mark, "yaml.key", "mapping keys must be plain strings", path
+                )
                 continue
             key = str(key_node.value)
             if key in seen:
                 first = seen[key]
-                self.problem(key_node.start_mark, "yaml.duplicate-key",
-                             f"duplicate key '{key}' (first defined at line {first.line + 1})",
-                             (*path, key), "each key may appear once in a mapping")
+                self.problem(
+                    key_node.start_mark,
+                    "yaml.duplicate-key",
+                    f"duplicate key '{key}' (first defined at line {first.line + 1})",
+                    (*path, key),
+                    "each key may appear once in a mapping",
+                )
                 continue
             seen[key] = key_node.start_mark
             out[key] = self.build(value_node, (*path, key), key_node.start_mark, depth + 1)
         return out
+
+
+def _short_tag(tag: str) -> str:
+    return (
+        "!!" + tag.removeprefix("tag:yaml.org,2002:")
+        if tag.startswith("tag:yaml.org,2002:")
+        else tag
+    )
 
 
 def _merged_pairs(node: Any) -> list[tuple[Any, Any]]:
@@ -591,39 +678,83 @@ def _load_exact(path: str, raw: bytes, text: str, limits: LoaderLimits) -> Loade
         docs = list(yaml.compose_all(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        at_end = mark is not None and int(mark.index) >= len(text.rstrip())
+        if at_end and exc.context_mark is not None:
+            mark = exc.context_mark  # "while scanning a quoted scalar": where it opened
         line, col = (int(mark.line) + 1, int(mark.column) + 1) if mark else (1, 1)
         _fail(path, line, col, "yaml.syntax", f"YAML syntax error: {exc.problem or exc.context}")
     except (YAMLError, RecursionError) as exc:
         _fail(path, 1, 1, "yaml.syntax", f"YAML syntax error: {exc}")
     docs = [d for d in docs if d is not None]
     if not docs:
-        _fail(path, 1, 1, "yaml.empty", "file is empty: expected a mapping with `version` and `kind`")
+        _fail(
+            path, 1, 1, "yaml.empty", "file is empty: expected a mapping with `version` and `kind`"
+        )
     if len(docs) > 1:
         mark = docs[1].start_mark
-        _fail(path, int(mark.line) + 1, int(mark.column) + 1, "yaml.multi-document",
-              f"file holds {len(docs)} YAML documents; a spec file holds exactly one",
-              "split the documents into separate files")
+        line = _document_marker_line(text, int(mark.line))
+        _fail(
+            path,
+            line + 1,
+            1,
+            "yaml.multi-document",
+            f"file holds {len(docs)} YAML documents; a spec file holds exactly one",
+            "split the documents into separate files",
+        )
     too_big = _expanded_size(docs[0], {}, set(), limits.max_nodes)
     if too_big is not None:
         mark = too_big.start_mark
-        _fail(path, int(mark.line) + 1, int(mark.column) + 1, "yaml.too-many-nodes",
-              f"aliases expand the document past {limits.max_nodes} nodes (an alias bomb?)",
-              "use fewer aliases")
+        _fail(
+            path,
+            int(mark.line) + 1,
+            int(mark.column) + 1,
+            "yaml.too-many-nodes",
+            f"aliases expand the document past {limits.max_nodes} nodes (an alias bomb?)",
+            "use fewer aliases",
+        )
     builder = _Builder(path, raw, limits)
     try:
         data = builder.build(docs[0], (), None, 1)
     except _TooDeep as exc:
         mark = exc.node.start_mark
-        _fail(path, int(mark.line) + 1, int(mark.column) + 1, "yaml.too-deep",
-              f"nesting is deeper than {limits.max_depth} levels")
+        _fail(
+            path,
+            int(mark.line) + 1,
+            int(mark.column) + 1,
+            "yaml.too-deep",
+            f"nesting is deeper than {limits.max_depth} levels",
+        )
     except _TooBig as exc:
         mark = exc.node.start_mark
-        _fail(path, int(mark.line) + 1, int(mark.column) + 1, "yaml.too-many-nodes",
-              f"document expands to more than {limits.max_nodes} nodes (an alias bomb?)",
-              "use fewer aliases")
+        _fail(
+            path,
+            int(mark.line) + 1,
+            int(mark.column) + 1,
+            "yaml.too-many-nodes",
+            f"document expands to more than {limits.max_nodes} nodes (an alias bomb?)",
+            "use fewer aliases",
+        )
     if builder.problems:
         raise SpecError(builder.problems)
+    if data is None:
+        _fail(
+            path,
+            1,
+            1,
+            "yaml.empty",
+            "the document is empty: expected a mapping with `version` and `kind`",
+        )
     return LoadedDocument(path, raw, text, data, _MarkLocator(builder.offsets))
+
+
+def _document_marker_line(text: str, content_line: int) -> int:
+    """The 0-based line of the `---` that opens the document whose content starts at
+    `content_line` (or that line itself when there is no marker)."""
+    lines = text.splitlines()
+    for index in range(min(content_line, len(lines) - 1), -1, -1):
+        if lines[index].startswith("---"):
+            return index
+    return content_line
 
 
 def _expanded_size(node: Any, memo: dict[int, int], active: set[int], limit: int) -> Any:

@@ -124,7 +124,7 @@ def coerce_inputs(flow: Flow, given: Mapping[str, str]) -> dict[str, Any]:
         if name in given:
             out[name] = _coerce(name, spec.type, given[name])
         elif spec.default is not None:
-            out[name] = spec.default
+            out[name] = float(spec.default) if spec.type == "number" else spec.default
         else:
             raise UsageError(f"input '{name}' is required: pass -i {name}=VALUE")
         if spec.enum is not None and out[name] not in spec.enum:

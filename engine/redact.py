@@ -47,7 +47,8 @@ class Redactor:
             forms |= _forms(value)
         self._pattern = (
             re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
-            if forms else None
+            if forms
+            else None
         )
 
     @property

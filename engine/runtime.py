@@ -25,6 +25,7 @@ from engine import __version__
 from engine.checks import find_project_root
 from engine.errors import ExecutionError, UsageError
 from engine.executor.cache import StepCache
+from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter, read_journal
 from engine.executor.local import LocalExecutor, RunOptions, RunOutcome
 from engine.executor.lock import RunLock
@@ -57,9 +58,12 @@ class Settings:
         return self.state_dir / "cache"
 
 
-def load_settings(spec_path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    spec_path: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Settings from the environment: BLOCKS_STATE_DIR (default `<project>/.blocks`),
-    BLOCKS_USER (default the login name)."""
+    BLOCKS_USER (default the login name). BLOCKS_FAULTS (fault injection for crash tests,
+    see `engine.executor.faults`) is read by `Runtime`."""
     env = os.environ if environ is None else environ
     root = Path(find_project_root(spec_path or os.getcwd())).resolve()
     state = Path(env.get("BLOCKS_STATE_DIR") or root / ".blocks").resolve()
@@ -129,9 +133,17 @@ class Runtime:
                     continue
         return out
 
-    async def run(self, plan: Plan, *, given: Mapping[str, str], resume: str | None = None,
-                  force: bool = False, use_cache: bool = True, on_event: Event | None = None,
-                  executor_hook: Callable[[LocalExecutor], None] | None = None) -> RunOutcome:
+    async def run(
+        self,
+        plan: Plan,
+        *,
+        given: Mapping[str, str],
+        resume: str | None = None,
+        force: bool = False,
+        use_cache: bool = True,
+        on_event: Event | None = None,
+        executor_hook: Callable[[LocalExecutor], None] | None = None,
+    ) -> RunOutcome:
         """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled."""
         flow = plan.flow
         holder = f"{self.settings.user}@{socket.gethostname()}:{os.getpid()}"
@@ -141,6 +153,7 @@ class Runtime:
             _check_resumable(summary, plan, force)
             prior = resumable(summary)
             inputs: dict[str, Any] = summary.inputs
+            use_cache = use_cache and summary.use_cache
             run_id = resume
         else:
             inputs = coerce_inputs(flow, given)
@@ -149,8 +162,11 @@ class Runtime:
         run_dir.mkdir(parents=True, exist_ok=True)
         redactor = self.redactor_for(flow)
         executor = LocalExecutor(
-            cache=StepCache(self.settings.cache_dir), redactor=redactor,
-            secrets=self.secrets_for(flow), on_event=on_event,
+            cache=StepCache(self.settings.cache_dir),
+            redactor=redactor,
+            secrets=self.secrets_for(flow),
+            on_event=on_event,
+            faults=Faults(self.environ.get("BLOCKS_FAULTS", "")),
         )
         if executor_hook is not None:
             executor_hook(executor)
@@ -158,18 +174,29 @@ class Runtime:
             journal = JournalWriter.open(run_dir / JOURNAL)
             try:
                 event = "run.resumed" if resume else "run.started"
-                record = redactor.value({
-                    "event": event, "run": run_id, "flow": flow.name, "path": plan.path,
-                    "spec_digest": plan.spec_digest, "inputs": inputs, "holder": holder,
-                    "engine": __version__, "steps": len(plan.order),
-                })
+                record = redactor.value(
+                    {
+                        "event": event,
+                        "run": run_id,
+                        "flow": flow.name,
+                        "path": plan.path,
+                        "spec_digest": plan.spec_digest,
+                        "inputs": inputs,
+                        "holder": holder,
+                        "engine": __version__,
+                        "steps": len(plan.order),
+                        "use_cache": use_cache,
+                    }
+                )
                 journal.append(record)
                 if on_event is not None:
                     on_event(record)
-                options = RunOptions(run_id, inputs, use_cache=use_cache, force=force,
-                                     holder=holder)
-                return await _with_signals(executor, executor.run(
-                    plan, options, journal, prior=prior, run_dir=run_dir))
+                options = RunOptions(
+                    run_id, inputs, use_cache=use_cache, force=force, holder=holder
+                )
+                return await _with_signals(
+                    executor, executor.run(plan, options, journal, prior=prior, run_dir=run_dir)
+                )
             finally:
                 await journal.aclose()
 
@@ -181,15 +208,18 @@ def _check_resumable(summary: RunSummary, plan: Plan, force: bool) -> None:
         raise UsageError(
             f"the flow changed since run {summary.run_id} started "
             f"({summary.spec_digest[:19]}... then, {plan.spec_digest[:19]}... now); "
-            "resuming would mix two versions: start a new run, or pass --force")
-    risky = [sid for sid in summary.in_flight
-             if sid in plan.steps and not plan.steps[sid].idempotent]
+            "resuming would mix two versions: start a new run, or pass --force"
+        )
+    risky = [
+        sid for sid in summary.in_flight if sid in plan.steps and not plan.steps[sid].idempotent
+    ]
     if risky and not force:
         names = ", ".join(risky)
         raise UsageError(
             f"step {names} was interrupted mid-flight in run {summary.run_id} and is marked "
             "idempotent: false, so running it again may repeat its side effects. Check what it "
-            "did, then resume with --force to run it again")
+            "did, then resume with --force to run it again"
+        )
 
 
 async def _with_signals(executor: LocalExecutor, work: Any) -> RunOutcome:

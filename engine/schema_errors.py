@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from engine.errors import Diagnostic
 from engine.loader import LoadedDocument, Path, pointer_of
 
-__all__ = ["convert_validation_error", "did_you_mean", "describe_value"]
+__all__ = ["convert_validation_error", "describe_value", "did_you_mean"]
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
@@ -70,6 +70,11 @@ _PATTERN_HELP = {
     r"^[a-z0-9][a-z0-9._-]*$": "a name in lowercase letters, digits, '.', '_' or '-'",
     r"^[A-Z_][A-Z0-9_]*$": "an environment variable name (A-Z, 0-9, _)",
     r"^sha256:[0-9a-f]{64}$": "a digest like sha256:<64 hex digits>",
+    r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$": (
+        "a Python callable written module:function (e.g. examples.basel.build:render_block)"
+    ),
+    r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$": "a semantic version like 1.4.0",
+    r"^(/.*)?$": "a JSON pointer starting with / (or empty)",
 }
 
 _UNION_NOUN = {
@@ -144,13 +149,18 @@ def _diagnostic(
         wanted = _PATTERN_HELP.get(pattern, f"text matching {pattern}")
         message = f"{describe_value(value)} is not {wanted}"
         return Diagnostic("spec.bad-value", message, location, pointer, None)
+    if kind == "too_short" and isinstance(value, Mapping | list):
+        noun = "entry" if isinstance(value, Mapping) else "item"
+        message = f"needs at least {ctx.get('min_length', 1)} {noun}, got none"
+        return Diagnostic("spec.bad-value", message, location, pointer, None)
     if kind == "value_error":
         message = str(error["msg"]).removeprefix("Value error, ")
         return Diagnostic("spec.bad-value", message, location, pointer, None)
     message = str(error["msg"])
     message = message[0].lower() + message[1:] if message else kind
-    return Diagnostic("spec.bad-value", f"{message}, got {describe_value(value)}", location,
-                      pointer, None)
+    return Diagnostic(
+        "spec.bad-value", f"{message}, got {describe_value(value)}", location, pointer, None
+    )
 
 
 def _data_path(
@@ -198,7 +208,8 @@ def _annotation_at(model: type[BaseModel], data: Any, path: Sequence[str | int])
     for part in path:
         annotation = _select(annotation, node)
         annotation = (
-            _item_annotation(annotation) if isinstance(part, int)
+            _item_annotation(annotation)
+            if isinstance(part, int)
             else _child_annotation(annotation, part)
         )
         node = node[part]

@@ -21,7 +21,14 @@ from engine.loader import DEFAULT_LIMITS, LoadedDocument, LoaderLimits, load_fil
 from engine.schema_errors import convert_validation_error, describe_value, did_you_mean
 from engine.spec import DOCUMENT_KINDS, LANGUAGE_VERSION, Document
 
-__all__ = ["FileReport", "check_loaded", "find_spec_files", "load_spec", "validate_file", "validate_paths"]
+__all__ = [
+    "FileReport",
+    "check_loaded",
+    "find_spec_files",
+    "load_spec",
+    "validate_file",
+    "validate_paths",
+]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -65,8 +72,9 @@ def validate_paths(paths: Sequence[str], limits: LoaderLimits = DEFAULT_LIMITS) 
     return [validate_file(p, limits=limits) for p in files]
 
 
-def validate_file(path: str, *, project_root: str | None = None,
-                  limits: LoaderLimits = DEFAULT_LIMITS) -> FileReport:
+def validate_file(
+    path: str, *, project_root: str | None = None, limits: LoaderLimits = DEFAULT_LIMITS
+) -> FileReport:
     try:
         doc = load_file(path, limits)
     except SpecError as exc:
@@ -82,8 +90,9 @@ def validate_file(path: str, *, project_root: str | None = None,
     )
 
 
-def load_spec(path: str, *, project_root: str | None = None,
-              limits: LoaderLimits = DEFAULT_LIMITS) -> tuple[LoadedDocument, Document]:
+def load_spec(
+    path: str, *, project_root: str | None = None, limits: LoaderLimits = DEFAULT_LIMITS
+) -> tuple[LoadedDocument, Document]:
     """Load, schema-check and semantically check one spec file.
 
     Raises `SpecError` with every diagnostic of the file, sorted by position.
@@ -95,8 +104,9 @@ def load_spec(path: str, *, project_root: str | None = None,
     return doc, spec
 
 
-def check_loaded(doc: LoadedDocument, *, project_root: str | None = None
-                 ) -> tuple[Document | None, list[Diagnostic]]:
+def check_loaded(
+    doc: LoadedDocument, *, project_root: str | None = None
+) -> tuple[Document | None, list[Diagnostic]]:
     """Schema and semantic checks on loaded data: the spec (if it parsed) and all findings."""
     model, problems = _document_model(doc)
     if model is None:
@@ -111,32 +121,60 @@ def check_loaded(doc: LoadedDocument, *, project_root: str | None = None
 def _document_model(doc: LoadedDocument) -> tuple[Any, list[Diagnostic]]:
     data = doc.data
     if not isinstance(data, dict):
-        return None, [Diagnostic(
-            "spec.not-a-mapping",
-            f"expected a mapping with `version` and `kind` at the top, got {describe_value(data)}",
-            doc.locate(()), "")]
+        return None, [
+            Diagnostic(
+                "spec.not-a-mapping",
+                "expected a mapping with `version` and `kind` at the top, "
+                f"got {describe_value(data)}",
+                doc.locate(()),
+                "",
+            )
+        ]
     problems: list[Diagnostic] = []
     version = data.get("version")
     if "version" not in data:
-        problems.append(Diagnostic("spec.missing-field", "missing required field 'version'",
-                                   doc.locate(()), "/version", f"add `version: {LANGUAGE_VERSION}`"))
-    elif version != LANGUAGE_VERSION or isinstance(version, bool):
-        problems.append(Diagnostic(
-            "spec.bad-version",
-            f"unsupported language version {describe_value(version)}; this engine reads "
-            f"version {LANGUAGE_VERSION}", doc.locate(("version",)), "/version", None))
+        problems.append(
+            Diagnostic(
+                "spec.missing-field",
+                "missing required field 'version'",
+                doc.locate(()),
+                "/version",
+                f"add `version: {LANGUAGE_VERSION}`",
+            )
+        )
+    elif version != LANGUAGE_VERSION or type(version) is not int:
+        problems.append(
+            Diagnostic(
+                "spec.bad-version",
+                f"unsupported language version {describe_value(version)}; this engine reads "
+                f"version {LANGUAGE_VERSION}",
+                doc.locate(("version",)),
+                "/version",
+                None,
+            )
+        )
     kind = data.get("kind")
     if "kind" not in data:
-        problems.append(Diagnostic(
-            "spec.missing-field", "missing required field 'kind'", doc.locate(()), "/kind",
-            "one of: " + ", ".join(DOCUMENT_KINDS)))
+        problems.append(
+            Diagnostic(
+                "spec.missing-field",
+                "missing required field 'kind'",
+                doc.locate(()),
+                "/kind",
+                "one of: " + ", ".join(DOCUMENT_KINDS),
+            )
+        )
     elif not isinstance(kind, str) or kind not in DOCUMENT_KINDS:
         shown = kind if isinstance(kind, str) else describe_value(kind)
-        problems.append(Diagnostic(
-            "spec.unknown-kind",
-            f"unknown document kind '{shown}'; expected one of: {', '.join(DOCUMENT_KINDS)}",
-            doc.locate(("kind",)), "/kind",
-            did_you_mean(kind, DOCUMENT_KINDS) if isinstance(kind, str) else None))
+        problems.append(
+            Diagnostic(
+                "spec.unknown-kind",
+                f"unknown document kind '{shown}'; expected one of: {', '.join(DOCUMENT_KINDS)}",
+                doc.locate(("kind",)),
+                "/kind",
+                did_you_mean(kind, DOCUMENT_KINDS) if isinstance(kind, str) else None,
+            )
+        )
     if problems:
         return None, problems
     return DOCUMENT_KINDS[str(kind)], []

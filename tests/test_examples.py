@@ -74,7 +74,11 @@ def _resolve_pointer(document: Any, pointer: str) -> Any:
 def test_blocks_validate_accepts_every_shipped_spec() -> None:
     done = subprocess.run(
         [BLOCKS, "validate", "pipelines", "runbooks"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all valid" in done.stdout
@@ -84,8 +88,13 @@ def test_the_shipped_specs_cover_every_kind() -> None:
     kinds = {type(_load(os.path.relpath(p, ROOT))).__name__ for p in _spec_paths()}
     assert kinds == {"Flow", "Runbook", "Alerts", "Block"}
     names = {Path(p).name for p in _spec_paths()}
-    assert {"flow-failure.yaml", "timeout.yaml", "rate-limit.yaml", "provider-outage.yaml",
-            "security-incident.yaml"} <= names
+    assert {
+        "flow-failure.yaml",
+        "timeout.yaml",
+        "rate-limit.yaml",
+        "provider-outage.yaml",
+        "security-incident.yaml",
+    } <= names
 
 
 def test_every_spec_names_its_schema_on_the_first_line() -> None:
@@ -140,8 +149,9 @@ def test_behaviour_cloning_accuracy_comes_from_the_data(tmp_path: Path) -> None:
     path.write_text(make_data.render([dict(r, action=opposite[r["action"]]) for r in rows]))
     assert train_behaviour_cloning(str(path), model_out=policy)["accuracy"] >= 0.92
     # in every other episode the demonstrator only ever pressed "right": not learnable
-    path.write_text(make_data.render([dict(r, action="right") if r["episode"] % 2 else r
-                                      for r in rows]))
+    path.write_text(
+        make_data.render([dict(r, action="right") if r["episode"] % 2 else r for r in rows])
+    )
     assert train_behaviour_cloning(str(path), model_out=policy)["accuracy"] < 0.92
 
 
@@ -193,8 +203,9 @@ def test_flipping_anneal_loss_flag_in_the_summary_fails_the_gate(
 
 
 def test_the_drill_input_flips_the_flag_and_says_so(tmp_path: Path, trained_policy: str) -> None:
-    drill = anneal(str(DEMOS), policy=trained_policy, out_dir=str(tmp_path / "an"),
-                   drill_flip_loss_flag=True)
+    drill = anneal(
+        str(DEMOS), policy=trained_policy, out_dir=str(tmp_path / "an"), drill_flip_loss_flag=True
+    )
     assert drill["drill"] is True
     assert drill["anneal_loss_flag"] is not drill["computed_anneal_loss_flag"]
     assert _gate_verdict(_promote_gate(), tmp_path / "an" / "summary.json") is False
@@ -202,8 +213,9 @@ def test_the_drill_input_flips_the_flag_and_says_so(tmp_path: Path, trained_poli
 
 def test_anneal_loss_flag_is_computed_from_the_losses(tmp_path: Path, trained_policy: str) -> None:
     # huge steps throw the policy far from its optimum: held-out loss gets worse
-    summary = anneal(str(DEMOS), policy=trained_policy, out_dir=str(tmp_path / "an"),
-                     lr_max=200.0, lr_min=100.0)
+    summary = anneal(
+        str(DEMOS), policy=trained_policy, out_dir=str(tmp_path / "an"), lr_max=200.0, lr_min=100.0
+    )
     assert summary["final_loss"] > summary["initial_loss"] * (1 + summary["tolerance"])
     assert summary["computed_anneal_loss_flag"] is True
     assert summary["anneal_loss_flag"] is True
@@ -227,13 +239,18 @@ def test_basel_renderer_writes_a_block_whose_tests_pass(tmp_path: Path) -> None:
     out = tmp_path / "basel"
     manifest = render_block(_attestation(), out_dir=str(out))
     jsonschema.validate(manifest, _schema("basel-block.schema.json"))
-    jsonschema.validate(json.loads((out / "attestation.json").read_text()),
-                        _schema("attestation.schema.json"))
+    jsonschema.validate(
+        json.loads((out / "attestation.json").read_text()), _schema("attestation.schema.json")
+    )
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", manifest["tests_dir"]],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -267,12 +284,21 @@ def test_basel_renderer_renders_what_was_attested(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        pytest.param(lambda a: a["risk_weights"].append(dict(a["risk_weights"][0])),
-                     "attested twice", id="duplicate-class"),
-        pytest.param(lambda a: [w.update(weight=0) for w in a["risk_weights"]],
-                     "no asset class", id="no-positive-weight"),
-        pytest.param(lambda a: a["minimum_tier1_ratio"].update(value=0.5),
-                     "Tier 1 minimum", id="tier1-above-total"),
+        pytest.param(
+            lambda a: a["risk_weights"].append(dict(a["risk_weights"][0])),
+            "attested twice",
+            id="duplicate-class",
+        ),
+        pytest.param(
+            lambda a: [w.update(weight=0) for w in a["risk_weights"]],
+            "no asset class",
+            id="no-positive-weight",
+        ),
+        pytest.param(
+            lambda a: a["minimum_tier1_ratio"].update(value=0.5),
+            "Tier 1 minimum",
+            id="tier1-above-total",
+        ),
     ],
 )
 def test_basel_renderer_refuses_inconsistent_attestations(
@@ -299,8 +325,11 @@ def _flow_paths(flow: Flow) -> Iterator[tuple[str, str]]:
     for sid, step in flow.steps.items():
         if isinstance(step, LlmStep):
             yield f"{sid}.prompt", step.prompt
-            yield from ((f"{sid}.{k}", v) for k, v in
-                        (("system", step.system), ("output_schema", step.output_schema)) if v)
+            yield from (
+                (f"{sid}.{k}", v)
+                for k, v in (("system", step.system), ("output_schema", step.output_schema))
+                if v
+            )
     for gid, gate in flow.gates.items():
         if isinstance(gate, ContractGate):
             yield f"{gid}.schema", gate.schema_
@@ -341,8 +370,12 @@ def _block_paths(block: Block) -> Iterator[tuple[str, str]]:
 
 def _literal_paths(spec: Any) -> Iterator[tuple[str, str]]:
     """(what, path) for every project file a spec names (not files its runs produce)."""
-    walkers = {Flow: _flow_paths, Runbook: _runbook_paths, Alerts: _alerts_paths,
-               Block: _block_paths}
+    walkers = {
+        Flow: _flow_paths,
+        Runbook: _runbook_paths,
+        Alerts: _alerts_paths,
+        Block: _block_paths,
+    }
     return walkers[type(spec)](spec)
 
 
@@ -388,8 +421,9 @@ def test_python_step_outputs_are_keys_the_function_returns(tmp_path: Path) -> No
         "audit": audit_dataset(str(DEMOS)),
         "train": train_behaviour_cloning(str(DEMOS), model_out=str(tmp_path / "p.json")),
     }
-    results["anneal"] = anneal(str(DEMOS), policy=str(tmp_path / "p.json"),
-                               out_dir=str(tmp_path / "an"))
+    results["anneal"] = anneal(
+        str(DEMOS), policy=str(tmp_path / "p.json"), out_dir=str(tmp_path / "an")
+    )
     for sid, step in flow.steps.items():
         assert set(step.outputs) <= set(results[sid]), sid
     build = _load("pipelines/basel-attestation.yaml").steps["build"]

@@ -203,7 +203,7 @@ def _f(template: str, *parts: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.tuples(*parts).map(lambda values: template.format(*values))
 
 
-def _leaves(tag: str) -> list[st.SearchStrategy[str]]:  # noqa: PLR0911 - one return per tag
+def _leaves(tag: str) -> list[st.SearchStrategy[str]]:
     s = st.sampled_from
     if tag == "int":
         return [
@@ -255,7 +255,7 @@ def _leaves(tag: str) -> list[st.SearchStrategy[str]]:  # noqa: PLR0911 - one re
 Sub = Callable[[str], st.SearchStrategy[str]]
 
 
-def _compounds(tag: str, sub: Sub) -> list[st.SearchStrategy[str]]:  # noqa: PLR0911 - one per tag
+def _compounds(tag: str, sub: Sub) -> list[st.SearchStrategy[str]]:
     cond = sub("bool")
     same = [_f("({} ? {} : {})", cond, sub(tag), sub(tag))]
     if tag == "int":

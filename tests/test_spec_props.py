@@ -26,7 +26,10 @@ OUTPUT_TYPES = {"string": "'x'", "integer": "1", "number": "1.5", "boolean": "tr
 @st.composite
 def flows(draw: st.DrawFn) -> dict[str, Any]:
     ids = draw(st.lists(ident, min_size=1, max_size=8, unique=True))
-    inputs = {"mode": {"type": "string", "default": "fast"}, "limit": {"type": "integer", "default": 3}}
+    inputs = {
+        "mode": {"type": "string", "default": "fast"},
+        "limit": {"type": "integer", "default": 3},
+    }
     steps: dict[str, Any] = {}
     outputs: dict[str, dict[str, str]] = {}
     for i, sid in enumerate(ids):
@@ -57,18 +60,31 @@ def flows(draw: st.DrawFn) -> dict[str, Any]:
             step["timeout"] = draw(st.sampled_from(["30s", "2m", "1h", 45]))
         steps[sid] = step
     gates = {
-        "coverage": {"kind": "coverage", "after": ids[-1], "report": "out/coverage.json",
-                     "require": "percent >= 80.0"},
+        "coverage": {
+            "kind": "coverage",
+            "after": ids[-1],
+            "report": "out/coverage.json",
+            "require": "percent >= 80.0",
+        },
     }
     return {
-        "version": 1, "kind": "flow", "name": "generated-flow", "inputs": inputs,
+        "version": 1,
+        "kind": "flow",
+        "name": "generated-flow",
+        "inputs": inputs,
         "models": {"drafter": {"model": "local/deterministic"}},
-        "steps": steps, "gates": gates,
+        "steps": steps,
+        "gates": gates,
     }
 
 
-def emit(value: Any, lines: list[str], where: dict[tuple[Any, ...], int],
-         path: tuple[Any, ...] = (), indent: int = 0) -> None:
+def emit(
+    value: Any,
+    lines: list[str],
+    where: dict[tuple[Any, ...], int],
+    path: tuple[Any, ...] = (),
+    indent: int = 0,
+) -> None:
     """Block-style YAML with JSON scalars; records the 1-based line of every node."""
     pad = " " * indent
     items = value.items() if isinstance(value, dict) else enumerate(value)
@@ -92,8 +108,10 @@ def write(tmp: Path, data: dict[str, Any]) -> tuple[Path, dict[tuple[Any, ...], 
     (tmp / "prompts" / "draft.md").write_text("Draft ${{ vars.topic }}\n", encoding="utf-8")
     return target, where
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def codes_at(path: Path) -> set[tuple[str, int]]:
@@ -111,8 +129,9 @@ def test_generated_flows_validate(tmp_path: Path, flow: dict[str, Any]) -> None:
 
 @SETTINGS
 @given(flows(), st.data())
-def test_unknown_needs_is_reported_at_its_line(tmp_path: Path, flow: dict[str, Any],
-                                               data: st.DataObject) -> None:
+def test_unknown_needs_is_reported_at_its_line(
+    tmp_path: Path, flow: dict[str, Any], data: st.DataObject
+) -> None:
     sid = data.draw(st.sampled_from(sorted(flow["steps"])))
     flow["steps"][sid]["needs"] = [*flow["steps"][sid].get("needs", []), "zz_missing_step"]
     target, where = write(tmp_path, flow)
@@ -122,8 +141,9 @@ def test_unknown_needs_is_reported_at_its_line(tmp_path: Path, flow: dict[str, A
 
 @SETTINGS
 @given(flows(), st.data())
-def test_unknown_field_is_reported_at_its_key(tmp_path: Path, flow: dict[str, Any],
-                                              data: st.DataObject) -> None:
+def test_unknown_field_is_reported_at_its_key(
+    tmp_path: Path, flow: dict[str, Any], data: st.DataObject
+) -> None:
     sid = data.draw(st.sampled_from(sorted(flow["steps"])))
     flow["steps"][sid]["retires"] = 3
     target, where = write(tmp_path, flow)
@@ -132,8 +152,9 @@ def test_unknown_field_is_reported_at_its_key(tmp_path: Path, flow: dict[str, An
 
 @SETTINGS
 @given(flows().filter(lambda f: len(f["steps"]) >= 2), st.data())
-def test_a_back_edge_is_reported_as_a_cycle(tmp_path: Path, flow: dict[str, Any],
-                                            data: st.DataObject) -> None:
+def test_a_back_edge_is_reported_as_a_cycle(
+    tmp_path: Path, flow: dict[str, Any], data: st.DataObject
+) -> None:
     ids = list(flow["steps"])
     first, last = ids[0], ids[-1]
     flow["steps"][last]["needs"] = sorted({*flow["steps"][last].get("needs", []), first})
@@ -148,8 +169,9 @@ def test_a_back_edge_is_reported_as_a_cycle(tmp_path: Path, flow: dict[str, Any]
 
 @SETTINGS
 @given(flows(), st.data())
-def test_wrong_type_is_reported_at_the_value(tmp_path: Path, flow: dict[str, Any],
-                                             data: st.DataObject) -> None:
+def test_wrong_type_is_reported_at_the_value(
+    tmp_path: Path, flow: dict[str, Any], data: st.DataObject
+) -> None:
     sid = data.draw(st.sampled_from(sorted(flow["steps"])))
     flow["steps"][sid]["continue_on_failure"] = "sometimes"
     target, where = write(tmp_path, flow)
@@ -158,10 +180,19 @@ def test_wrong_type_is_reported_at_the_value(tmp_path: Path, flow: dict[str, Any
 
 @SETTINGS
 @given(flows(), st.data())
-def test_bad_expression_is_reported_at_its_line(tmp_path: Path, flow: dict[str, Any],
-                                                data: st.DataObject) -> None:
+def test_bad_expression_is_reported_at_its_line(
+    tmp_path: Path, flow: dict[str, Any], data: st.DataObject
+) -> None:
     sid = data.draw(st.sampled_from(sorted(flow["steps"])))
-    flow["steps"][sid]["when"] = data.draw(st.sampled_from(
-        ["inputs.mood == 'x'", "inputs.limit + ", "inputs.limit", "steps.zz_missing_step.status == 'ok'"]))
+    flow["steps"][sid]["when"] = data.draw(
+        st.sampled_from(
+            [
+                "inputs.mood == 'x'",
+                "inputs.limit + ",
+                "inputs.limit",
+                "steps.zz_missing_step.status == 'ok'",
+            ]
+        )
+    )
     target, where = write(tmp_path, flow)
     assert ("expr.invalid", where[("steps", sid, "when")]) in codes_at(target)

@@ -26,7 +26,10 @@ sys.stderr.write(json.dumps({"exit": code, "loaded": [m for m in heavy if m in s
 def test_validating_the_examples_loads_no_heavy_engine() -> None:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, "pipelines", "runbooks"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     report = json.loads(result.stderr.strip().splitlines()[-1])
     assert report["exit"] == 0, result.stdout

@@ -52,28 +52,43 @@ def render(value: Any) -> Any:
 def make_ctx(tmp_path: Path, project_root: Path = FIXTURES) -> StepContext:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return StepContext(run_id="run-1", step_id="calc", instance="calc[2]", attempt=1,
-                       project_root=project_root, workdir=work, env={},
-                       redactor=Redactor([CANARY]), log=lambda _s, _l: None)
+    return StepContext(
+        run_id="run-1",
+        step_id="calc",
+        instance="calc[2]",
+        attempt=1,
+        project_root=project_root,
+        workdir=work,
+        env={},
+        redactor=Redactor([CANARY]),
+        log=lambda _s, _l: None,
+    )
 
 
 def python_step(call: str, pythonpath: list[str] | None = None, **kwargs: Any) -> PythonStep:
-    return PythonStep.model_validate({"kind": "python", "call": call, "with": kwargs,
-                                      "pythonpath": ["steps"] if pythonpath is None
-                                      else pythonpath})
+    return PythonStep.model_validate(
+        {
+            "kind": "python",
+            "call": call,
+            "with": kwargs,
+            "pythonpath": ["steps"] if pythonpath is None else pythonpath,
+        }
+    )
 
 
 def resolved_for(function: str, **kwargs: Any) -> Mapping[str, Any]:
     return PythonKind().resolve(python_step(f"{MODULE}:{function}", **kwargs), render)
 
 
-async def call(ctx: StepContext, function: str, kind: PythonKind | None = None,
-               **kwargs: Any) -> StepResult:
+async def call(
+    ctx: StepContext, function: str, kind: PythonKind | None = None, **kwargs: Any
+) -> StepResult:
     return await (kind or PythonKind()).run(ctx, resolved_for(function, **kwargs))
 
 
-async def call_with_timeout(limit: float, ctx: StepContext, function: str,
-                            **kwargs: Any) -> StepResult:
+async def call_with_timeout(
+    limit: float, ctx: StepContext, function: str, **kwargs: Any
+) -> StepResult:
     with anyio.fail_after(limit):
         return await call(ctx, function, **kwargs)
 
@@ -94,8 +109,12 @@ def write_module(folder: Path, source: str, name: str | None = None) -> str:
 
 
 def test_resolve_keeps_rendered_types() -> None:
-    step = python_step(f"{MODULE}:describe", name="${{ who }}", tags="${{ tags }}",
-                       options={"n": "${{ n }}", "fixed": True})
+    step = python_step(
+        f"{MODULE}:describe",
+        name="${{ who }}",
+        tags="${{ tags }}",
+        options={"n": "${{ n }}", "fixed": True},
+    )
     assert PythonKind().resolve(step, render) == {
         "call": f"{MODULE}:describe",
         "with": {"name": "ada", "tags": ["x", "y"], "options": {"n": 3, "fixed": True}},
@@ -118,10 +137,19 @@ async def test_async_function(tmp_path: Path) -> None:
 
 
 async def test_result_is_the_json_it_will_be_stored_as(tmp_path: Path) -> None:
-    result = await call(make_ctx(tmp_path), "describe", name="${{ who }}", tags=["a"],
-                        options={"deep": {"k": [1, 2.5, None]}})
-    assert result.result == {"name": "ada", "tags": ["a"],
-                             "options": {"deep": {"k": [1, 2.5, None]}}, "pair": [1, 2]}
+    result = await call(
+        make_ctx(tmp_path),
+        "describe",
+        name="${{ who }}",
+        tags=["a"],
+        options={"deep": {"k": [1, 2.5, None]}},
+    )
+    assert result.result == {
+        "name": "ada",
+        "tags": ["a"],
+        "options": {"deep": {"k": [1, 2.5, None]}},
+        "pair": [1, 2],
+    }
 
 
 async def test_non_json_return_is_permanent(tmp_path: Path) -> None:

@@ -26,8 +26,12 @@ pytestmark = pytest.mark.anyio
 
 CANARY = "canary-Zx9q-s3cr3t-value"
 PY = sys.executable
-VARS: dict[str, Any] = {"items": ["a", "b c"], "n": 3, "obj": {"b": 1, "a": [True, None]},
-                        "s": "x y"}
+VARS: dict[str, Any] = {
+    "items": ["a", "b c"],
+    "n": 3,
+    "obj": {"b": 1, "a": [True, None]},
+    "s": "x y",
+}
 
 
 @pytest.fixture
@@ -42,13 +46,25 @@ def render(value: Any) -> Any:
     return value
 
 
-def make_ctx(tmp_path: Path, *, env: Mapping[str, str] | None = None,
-             log: Callable[[str, str], None] | None = None) -> StepContext:
+def make_ctx(
+    tmp_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Callable[[str, str], None] | None = None,
+) -> StepContext:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return StepContext(run_id="run-1", step_id="build", instance="build", attempt=1,
-                       project_root=tmp_path, workdir=work, env=dict(env or {}),
-                       redactor=Redactor([CANARY]), log=log or (lambda _s, _l: None))
+    return StepContext(
+        run_id="run-1",
+        step_id="build",
+        instance="build",
+        attempt=1,
+        project_root=tmp_path,
+        workdir=work,
+        env=dict(env or {}),
+        redactor=Redactor([CANARY]),
+        log=log or (lambda _s, _l: None),
+    )
 
 
 def shell_step(**fields: Any) -> ShellStep:
@@ -113,8 +129,7 @@ async def group_gone(pgid: int, within: float = 5.0) -> bool:
 def test_resolve_gives_one_argv_element_per_value() -> None:
     step = shell_step(run=["prog", "${{ items }}", "${{ n }}", "${{ obj }}", "${{ s }}", "lit"])
     resolved = ShellKind().resolve(step, render)
-    assert resolved["argv"] == ["prog", '["a","b c"]', "3", '{"a":[true,null],"b":1}', "x y",
-                                "lit"]
+    assert resolved["argv"] == ["prog", '["a","b c"]', "3", '{"a":[true,null],"b":1}', "x y", "lit"]
 
 
 def test_resolve_names_secrets_and_never_renders_scripts() -> None:
@@ -124,12 +139,19 @@ def test_resolve_names_secrets_and_never_renders_scripts() -> None:
         seen.append(value)
         return render(value)
 
-    step = shell_step(script='echo "$A" | tr a-z A-Z', env={"A": "${{ s }}",
-                      "TOKEN": {"secret": "API_TOKEN"}}, cwd="sub", max_output_bytes=4096)
+    step = shell_step(
+        script='echo "$A" | tr a-z A-Z',
+        env={"A": "${{ s }}", "TOKEN": {"secret": "API_TOKEN"}},
+        cwd="sub",
+        max_output_bytes=4096,
+    )
     resolved = ShellKind().resolve(step, recording)
-    assert resolved == {"script": 'echo "$A" | tr a-z A-Z', "cwd": "sub",
-                        "max_output_bytes": 4096,
-                        "env": {"A": "x y", "TOKEN": {"secret": "API_TOKEN"}}}
+    assert resolved == {
+        "script": 'echo "$A" | tr a-z A-Z',
+        "cwd": "sub",
+        "max_output_bytes": 4096,
+        "env": {"A": "x y", "TOKEN": {"secret": "API_TOKEN"}},
+    }
     assert step.script not in seen
     json.dumps(resolved)  # hashed into the cache key: must be JSON-able
 
@@ -144,24 +166,39 @@ def test_builtin_kinds_satisfy_the_protocol() -> None:
 
 
 async def test_argv_values_arrive_as_single_literal_arguments(tmp_path: Path) -> None:
-    args = ["two words", "it's \"quoted\"", "$(touch pwned)", "x; touch pwned2", "`id`", "*",
-            "", "a\nb"]
-    result = await run_shell(make_ctx(tmp_path), run=python_argv(
-        "import sys, json; print(json.dumps(sys.argv[1:]))", *args))
+    args = [
+        "two words",
+        'it\'s "quoted"',
+        "$(touch pwned)",
+        "x; touch pwned2",
+        "`id`",
+        "*",
+        "",
+        "a\nb",
+    ]
+    result = await run_shell(
+        make_ctx(tmp_path),
+        run=python_argv("import sys, json; print(json.dumps(sys.argv[1:]))", *args),
+    )
     assert result.result == args
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "pwned2").exists()
 
 
 async def test_rendered_values_arrive_as_single_arguments(tmp_path: Path) -> None:
-    result = await run_shell(make_ctx(tmp_path), run=python_argv(
-        "import sys, json; print(json.dumps(sys.argv[1:]))", "${{ items }}", "${{ n }}"))
+    result = await run_shell(
+        make_ctx(tmp_path),
+        run=python_argv(
+            "import sys, json; print(json.dumps(sys.argv[1:]))", "${{ items }}", "${{ n }}"
+        ),
+    )
     assert result.result == ['["a","b c"]', "3"]
 
 
 async def test_stdout_json_becomes_the_result(tmp_path: Path) -> None:
-    result = await run_shell(make_ctx(tmp_path), run=python_argv(
-        'print(\'{"ok": true, "n": [1, 2]}\')'))
+    result = await run_shell(
+        make_ctx(tmp_path), run=python_argv('print(\'{"ok": true, "n": [1, 2]}\')')
+    )
     assert result.result == {"ok": True, "n": [1, 2]}
     assert result.stdout == '{"ok": true, "n": [1, 2]}\n'
     assert result.detail["exit_code"] == 0
@@ -171,8 +208,12 @@ async def test_stdout_json_becomes_the_result(tmp_path: Path) -> None:
 async def test_plain_stdout_has_no_result_and_is_logged(tmp_path: Path) -> None:
     lines: list[tuple[str, str]] = []
     ctx = make_ctx(tmp_path, log=lambda s, line: lines.append((s, line)))
-    result = await run_shell(ctx, run=python_argv(
-        "import sys; print('hello'); print('world'); print('warn', file=sys.stderr)"))
+    result = await run_shell(
+        ctx,
+        run=python_argv(
+            "import sys; print('hello'); print('world'); print('warn', file=sys.stderr)"
+        ),
+    )
     assert result.result is None
     assert result.stdout == "hello\nworld\n"
     assert ("stdout", "hello") in lines
@@ -183,8 +224,11 @@ async def test_plain_stdout_has_no_result_and_is_logged(tmp_path: Path) -> None:
 
 
 async def test_script_mode_gets_values_through_env(tmp_path: Path) -> None:
-    result = await run_shell(make_ctx(tmp_path), env={"GREETING": "${{ s }}"},
-                             script='printf \'{"greeting": "%s"}\' "$GREETING" | cat')
+    result = await run_shell(
+        make_ctx(tmp_path),
+        env={"GREETING": "${{ s }}"},
+        script='printf \'{"greeting": "%s"}\' "$GREETING" | cat',
+    )
     assert result.result == {"greeting": "x y"}
 
 
@@ -195,11 +239,15 @@ async def test_script_mode_runs_with_pipefail(tmp_path: Path) -> None:
     assert "bash script" in str(info.value)
 
 
-async def test_environment_is_minimal_plus_declared(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_environment_is_minimal_plus_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BLOCKS_TEST_AMBIENT", "leak")
-    result = await run_shell(make_ctx(tmp_path), env={"PLAIN": "value"}, run=python_argv(
-        "import os, json; print(json.dumps(dict(os.environ)))"))
+    result = await run_shell(
+        make_ctx(tmp_path),
+        env={"PLAIN": "value"},
+        run=python_argv("import os, json; print(json.dumps(dict(os.environ)))"),
+    )
     assert result.result["PLAIN"] == "value"
     assert "BLOCKS_TEST_AMBIENT" not in result.result
     assert result.result["PATH"] == os.environ["PATH"]
@@ -207,8 +255,11 @@ async def test_environment_is_minimal_plus_declared(tmp_path: Path,
 
 async def test_cwd_is_relative_to_the_project(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    result = await run_shell(make_ctx(tmp_path), cwd="sub", run=python_argv(
-        "import os, json; print(json.dumps(os.getcwd()))"))
+    result = await run_shell(
+        make_ctx(tmp_path),
+        cwd="sub",
+        run=python_argv("import os, json; print(json.dumps(os.getcwd()))"),
+    )
     assert Path(result.result) == (tmp_path / "sub").resolve()
 
 
@@ -216,8 +267,10 @@ async def test_cwd_is_relative_to_the_project(tmp_path: Path) -> None:
 
 
 async def test_nonzero_exit_names_program_code_and_stderr_tail(tmp_path: Path) -> None:
-    code = "import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\n" \
-           "print('boom: disk full', file=sys.stderr); sys.exit(3)"
+    code = (
+        "import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\n"
+        "print('boom: disk full', file=sys.stderr); sys.exit(3)"
+    )
     with pytest.raises(StepFailed) as info:
         await run_shell(make_ctx(tmp_path), run=python_argv(code))
     message = str(info.value)
@@ -264,8 +317,7 @@ async def test_missing_cwd_is_permanent(tmp_path: Path) -> None:
 
 async def test_missing_secret_is_permanent(tmp_path: Path) -> None:
     with pytest.raises(StepFailed) as info:
-        await run_shell(make_ctx(tmp_path), env={"TOKEN": {"secret": "API_TOKEN"}},
-                        run=["true"])
+        await run_shell(make_ctx(tmp_path), env={"TOKEN": {"secret": "API_TOKEN"}}, run=["true"])
     assert info.value.category == "permanent"
     assert "API_TOKEN" in str(info.value)
 
@@ -280,8 +332,10 @@ async def test_output_cap_keeps_the_head_and_memory_bounded(tmp_path: Path) -> N
         count[0] += 1
 
     total = 50 * 1024 * 1024
-    code = ("import sys\nline = b'x' * 1023 + b'\\n'\nw = sys.stdout.buffer.write\n"
-            f"for _ in range({total // 1024}): w(line)\n")
+    code = (
+        "import sys\nline = b'x' * 1023 + b'\\n'\nw = sys.stdout.buffer.write\n"
+        f"for _ in range({total // 1024}): w(line)\n"
+    )
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ctx = make_ctx(tmp_path, log=log)
     result = await run_shell(ctx, run=python_argv(code))
@@ -299,8 +353,9 @@ async def test_a_huge_line_without_newline_is_read_in_pieces(tmp_path: Path) -> 
     pieces: list[int] = []
     ctx = make_ctx(tmp_path, log=lambda _s, line: pieces.append(len(line)))
     size = 5_000_000
-    result = await run_shell(ctx, max_output_bytes=4096, run=python_argv(
-        f"import sys; sys.stdout.write('x' * {size})"))
+    result = await run_shell(
+        ctx, max_output_bytes=4096, run=python_argv(f"import sys; sys.stdout.write('x' * {size})")
+    )
     assert result.stdout == "x" * 4096
     assert result.detail["stdout_dropped_bytes"] == size - 4096
     assert result.result is None
@@ -310,8 +365,9 @@ async def test_a_huge_line_without_newline_is_read_in_pieces(tmp_path: Path) -> 
 
 
 async def test_truncated_json_is_not_a_result(tmp_path: Path) -> None:
-    result = await run_shell(make_ctx(tmp_path), max_output_bytes=1024, run=python_argv(
-        "print('1' * 5000)"))
+    result = await run_shell(
+        make_ctx(tmp_path), max_output_bytes=1024, run=python_argv("print('1' * 5000)")
+    )
     assert result.result is None
     assert result.stdout == "1" * 1024
 
@@ -319,11 +375,15 @@ async def test_truncated_json_is_not_a_result(tmp_path: Path) -> None:
 async def test_secrets_are_masked_in_logs_files_and_stdout(tmp_path: Path) -> None:
     lines: list[str] = []
     ctx = make_ctx(tmp_path, env={"API_TOKEN": CANARY}, log=lambda _s, line: lines.append(line))
-    code = ("import os, sys\nt = os.environ['API_TOKEN']\nprint('token=' + t)\n"
-            "print('again ' + t, file=sys.stderr)\nprint(os.environ['ALIAS'])")
-    result = await run_shell(ctx, run=python_argv(code),
-                             env={"API_TOKEN": {"secret": "API_TOKEN"},
-                                  "ALIAS": {"secret": "API_TOKEN"}})
+    code = (
+        "import os, sys\nt = os.environ['API_TOKEN']\nprint('token=' + t)\n"
+        "print('again ' + t, file=sys.stderr)\nprint(os.environ['ALIAS'])"
+    )
+    result = await run_shell(
+        ctx,
+        run=python_argv(code),
+        env={"API_TOKEN": {"secret": "API_TOKEN"}, "ALIAS": {"secret": "API_TOKEN"}},
+    )
     assert "token=***" in lines
     assert "again ***" in lines
     assert all(CANARY not in line for line in lines)
@@ -338,8 +398,9 @@ async def test_secrets_are_masked_in_logs_files_and_stdout(tmp_path: Path) -> No
 async def test_secret_in_failure_message_is_masked(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, env={"API_TOKEN": CANARY})
     with pytest.raises(StepFailed) as info:
-        await run_shell(ctx, run=python_argv(
-            "import os, sys; sys.exit('rejected ' + os.environ['API_TOKEN'])"))
+        await run_shell(
+            ctx, run=python_argv("import os, sys; sys.exit('rejected ' + os.environ['API_TOKEN'])")
+        )
     assert CANARY not in str(info.value)
     assert "rejected ***" in str(info.value)
 
@@ -362,8 +423,9 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, log=lambda _s, line: lines.append(line))
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await run_with_timeout(0.5, ctx, run=["bash", "-c",
-                                              "echo $$; sleep 30 & echo $!; sleep 30; wait"])
+        await run_with_timeout(
+            0.5, ctx, run=["bash", "-c", "echo $$; sleep 30 & echo $!; sleep 30; wait"]
+        )
     assert time.monotonic() - started < 5
     pgid, background = int(lines[0]), int(lines[1])
     assert await group_gone(pgid), f"still running: {live_members(pgid)}"
@@ -371,14 +433,18 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 
 async def test_a_group_ignoring_sigterm_is_killed_after_the_grace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(shell, "TERM_GRACE_SECONDS", 0.3)
     lines: list[str] = []
     ctx = make_ctx(tmp_path, log=lambda _s, line: lines.append(line))
     with pytest.raises(TimeoutError):
-        await run_with_timeout(0.5, ctx, run=[
-            "bash", "-c", "trap '' TERM; echo $$; sleep 30 & echo $!; sleep 30; wait"])
+        await run_with_timeout(
+            0.5,
+            ctx,
+            run=["bash", "-c", "trap '' TERM; echo $$; sleep 30 & echo $!; sleep 30; wait"],
+        )
     pgid, background = int(lines[0]), int(lines[1])
     assert await group_gone(pgid), f"still running: {live_members(pgid)}"
     assert not pid_running(background)
@@ -407,8 +473,9 @@ async def test_task_group_cancellation_stops_the_group(tmp_path: Path) -> None:
 
 async def test_background_children_left_at_exit_are_stopped(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = await run_with_timeout(10, make_ctx(tmp_path), run=[
-        "bash", "-c", "sleep 30 & echo $!"])
+    result = await run_with_timeout(
+        10, make_ctx(tmp_path), run=["bash", "-c", "sleep 30 & echo $!"]
+    )
     assert time.monotonic() - started < 5
     assert result.detail["exit_code"] == 0
     assert not pid_running(int(result.result))

@@ -7,7 +7,7 @@ Must not: hold engine logic; every command is a thin call into the layers below.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -18,12 +18,12 @@ from engine.errors import EngineError, SpecError, UsageError
 __all__ = ["EXIT_CODES", "app", "main"]
 
 EXIT_CODES: dict[str, int] = {
-    "ok": 0,          # everything valid / the run succeeded
-    "invalid": 1,     # a spec is invalid, a step failed, or a blocking gate failed
-    "usage": 2,       # the command line is wrong (unknown option, missing path)
-    "internal": 3,    # a bug in blocks: please report it
+    "ok": 0,  # everything valid / the run succeeded
+    "invalid": 1,  # a spec is invalid, a step failed, or a blocking gate failed
+    "usage": 2,  # the command line is wrong (unknown option, missing path)
+    "internal": 3,  # a bug in blocks: please report it
     "interrupted": 130,  # SIGINT (Ctrl-C)
-    "terminated": 143,   # SIGTERM
+    "terminated": 143,  # SIGTERM
 }
 """Documented in README.md (Exit codes). Tests hold the CLI to this table."""
 
@@ -39,7 +39,7 @@ schema_app = typer.Typer(help="JSON Schemas of the spec language.", no_args_is_h
 app.add_typer(schema_app, name="schema")
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     text = "text"
     json = "json"
     github = "github"
@@ -122,7 +122,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("blocks: interrupted\n")
         sys.exit(EXIT_CODES["interrupted"])
-    except Exception as exc:  # noqa: BLE001  (the last line of defence: no traceback for users)
+    except Exception as exc:
         from typer._click import exceptions as click_errors  # noqa: PLC0415  (typer vendors click)
 
         if isinstance(exc, click_errors.NoArgsIsHelpError):

@@ -62,8 +62,10 @@ def _text(reports: Sequence[FileReport], missing: Sequence[str]) -> str:
     files, invalid, errors = _summary(reports)
     noun = "file" if files == 1 else "files"
     if invalid:
-        out.append(f"{files} {noun} checked: {files - invalid} valid, {invalid} invalid "
-                   f"({errors} error{'s' if errors != 1 else ''})")
+        out.append(
+            f"{files} {noun} checked: {files - invalid} valid, {invalid} invalid "
+            f"({errors} error{'s' if errors != 1 else ''})"
+        )
     else:
         out.append(f"{files} {noun} checked: all valid")
     return "\n".join(out) + "\n"
@@ -141,12 +143,18 @@ def _github(reports: Sequence[FileReport], missing: Sequence[str]) -> str:
             loc = d.location
             level = "error" if d.severity == "error" else "warning"
             message = d.message + (f" — {d.hint}" if d.hint else "")
-            props = (f"file={_gh_escape(loc.file, prop=True)},line={loc.line},col={loc.col},"
-                     f"title={_gh_escape('blocks ' + d.code, prop=True)}")
+            props = (
+                f"file={_gh_escape(loc.file, prop=True)},line={loc.line},col={loc.col},"
+                f"title={_gh_escape('blocks ' + d.code, prop=True)}"
+            )
             out.append(f"::{level} {props}::{_gh_escape(message)}")
-    out.extend(f"::error title=blocks usage::{_gh_escape(p)}: no such file or folder" for p in missing)
+    out.extend(
+        f"::error title=blocks usage::{_gh_escape(p)}: no such file or folder" for p in missing
+    )
     files, invalid, errors = _summary(reports)
-    out.append(f"{files} files checked: {files - invalid} valid, {invalid} invalid ({errors} errors)")
+    out.append(
+        f"{files} files checked: {files - invalid} valid, {invalid} invalid ({errors} errors)"
+    )
     return "\n".join(out) + "\n"
 
 
@@ -158,27 +166,39 @@ def _sarif(reports: Sequence[FileReport], missing: Sequence[str]) -> str:
             rules.setdefault(d.code, {"id": d.code, "shortDescription": {"text": d.code}})
             uri = os.path.relpath(d.location.file).replace(os.sep, "/")
             text = d.message + (f" — {d.hint}" if d.hint else "")
-            results.append({
-                "ruleId": d.code,
-                "level": "error" if d.severity == "error" else "warning",
-                "message": {"text": text},
-                "locations": [{
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": uri, "uriBaseId": "%SRCROOT%"},
-                        "region": {"startLine": d.location.line, "startColumn": d.location.col},
-                    }
-                }],
-            })
+            results.append(
+                {
+                    "ruleId": d.code,
+                    "level": "error" if d.severity == "error" else "warning",
+                    "message": {"text": text},
+                    "locations": [
+                        {
+                            "physicalLocation": {
+                                "artifactLocation": {"uri": uri, "uriBaseId": "%SRCROOT%"},
+                                "region": {
+                                    "startLine": d.location.line,
+                                    "startColumn": d.location.col,
+                                },
+                            }
+                        }
+                    ],
+                }
+            )
     sarif = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "blocks",
-                "version": __version__,
-                "rules": sorted(rules.values(), key=lambda r: str(r["id"])),
-            }},
-            "results": results,
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "blocks",
+                        "version": __version__,
+                        "rules": sorted(rules.values(), key=lambda r: str(r["id"])),
+                    }
+                },
+                "columnKind": "unicodeCodePoints",
+                "results": results,
+            }
+        ],
     }
     return json.dumps(sarif, indent=2, ensure_ascii=False) + "\n"

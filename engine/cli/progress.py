@@ -15,8 +15,14 @@ from typing import Any, TextIO
 __all__ = ["Progress", "format_duration", "step_table"]
 
 MARK = {
-    "succeeded": "✓", "cached": "≡", "skipped": "↷", "failed": "✗", "blocked": "·",
-    "cancelled": "⊘", "running": "…", "pending": " ",
+    "succeeded": "✓",
+    "cached": "≡",
+    "skipped": "↷",
+    "failed": "✗",
+    "blocked": "·",
+    "cancelled": "⊘",
+    "running": "…",
+    "pending": " ",
 }
 
 
@@ -31,8 +37,9 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Consumes executor events. On a TTY it keeps one status line at the bottom."""
 
-    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None,
-                 quiet: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, live: bool | None = None, quiet: bool = False
+    ) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.quiet = quiet
@@ -49,20 +56,33 @@ class Progress:
         if event in ("run.started", "run.resumed"):
             self.total = int(record.get("steps") or 0)
             verb = "resuming" if event == "run.resumed" else "run"
-            self._line(f"{verb} {record.get('run')}  flow {record.get('flow')}  "
-                       f"({self.total} steps)")
+            self._line(
+                f"{verb} {record.get('run')}  flow {record.get('flow')}  ({self.total} steps)"
+            )
             return
         step = str(record.get("step", ""))
         instance = str(record.get("instance", step))
         if event == "step.started" and instance == step:
             self.running.add(step)
-        elif event in ("step.succeeded", "step.failed", "step.cached", "step.skipped",
-                       "step.blocked", "step.cancelled") and instance == step:
+        elif (
+            event
+            in (
+                "step.succeeded",
+                "step.failed",
+                "step.cached",
+                "step.skipped",
+                "step.blocked",
+                "step.cancelled",
+            )
+            and instance == step
+        ):
             self.running.discard(step)
             self._finished(event.split(".", 1)[1], record)
         elif event == "step.retrying":
-            self._line(f"  ↻ {step:<20} retrying in {format_duration(float(record['delay']))}: "
-                       f"{record.get('error')}")
+            self._line(
+                f"  ↻ {step:<20} retrying in {format_duration(float(record['delay']))}: "
+                f"{record.get('error')}"
+            )
         self._status()
 
     def _finished(self, status: str, record: Mapping[str, Any]) -> None:
@@ -96,8 +116,10 @@ class Progress:
         if self.quiet or not self.live:
             return
         elapsed = format_duration(time.monotonic() - self.started)
-        text = (f"[{self.done}/{self.total} done, {len(self.running)} running, "
-                f"{self.failed} failed] {elapsed}  cost ${self.cost:.4f}")
+        text = (
+            f"[{self.done}/{self.total} done, {len(self.running)} running, "
+            f"{self.failed} failed] {elapsed}  cost ${self.cost:.4f}"
+        )
         self.stream.write("\r\x1b[2K" + text)
         self.stream.flush()
         self._status_shown = True

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from enum import Enum
-from typing import Annotated, Any
+from enum import StrEnum
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -18,7 +18,14 @@ from engine.cli.progress import Progress, format_duration, step_table
 __all__ = ["register"]
 
 
-class GraphFormat(str, Enum):
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+    off = "off"
+
+
+class GraphFormat(StrEnum):
     mermaid = "mermaid"
     dot = "dot"
 
@@ -43,15 +50,31 @@ def _runtime(spec_path: str | None = None) -> Any:
 
 def run(
     flow: Annotated[str, typer.Argument(metavar="FLOW", help="The flow file to run.")],
-    inputs: Annotated[list[str], typer.Option("-i", "--input", metavar="KEY=VALUE",
-                                              help="A flow input (repeatable).")] = [],  # noqa: B006
-    resume: Annotated[str | None, typer.Option("--resume", metavar="RUN_ID",
-                                               help="Finish an interrupted run.")] = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="With --resume: re-run interrupted non-idempotent steps; "
-                        "resume even if the flow changed.")] = False,
+    inputs: Annotated[
+        list[str],
+        typer.Option("-i", "--input", metavar="KEY=VALUE", help="A flow input (repeatable)."),
+    ] = [],  # noqa: B006
+    resume: Annotated[
+        str | None, typer.Option("--resume", metavar="RUN_ID", help="Finish an interrupted run.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With --resume: re-run interrupted non-idempotent steps; "
+            "resume even if the flow changed.",
+        ),
+    ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="Structured logs on stderr: auto is JSON when stderr is not a "
+            "terminal and off when it is (the live display is there).",
+        ),
+    ] = LogFormat.auto,
 ) -> None:
     """Run a flow. Exit 0 if it succeeded, 1 if a step or blocking gate failed."""
     import anyio  # noqa: PLC0415
@@ -61,10 +84,30 @@ def run(
     runtime = _runtime(flow)
     plan = runtime.plan(flow)
     progress = Progress(quiet=as_json)
+    sinks: list[Any] = [progress]
+    fmt = log_format
+    if fmt is LogFormat.auto:
+        fmt = LogFormat.off if sys.stderr.isatty() else LogFormat.json
+    if fmt is not LogFormat.off:
+        from engine.logs import event_logger  # noqa: PLC0415
+
+        sinks.append(event_logger(sys.stderr, json_lines=fmt is LogFormat.json))
+
+    def on_event(record: Any) -> None:
+        for sink in sinks:
+            sink(record)
+
     try:
-        outcome = anyio.run(lambda: runtime.run(
-            plan, given=_pairs(inputs), resume=resume, force=force, use_cache=not no_cache,
-            on_event=progress))
+        outcome = anyio.run(
+            lambda: runtime.run(
+                plan,
+                given=_pairs(inputs),
+                resume=resume,
+                force=force,
+                use_cache=not no_cache,
+                on_event=on_event,
+            )
+        )
     finally:
         progress.close()
     if as_json:
@@ -74,13 +117,17 @@ def run(
         for state in outcome.steps.values():
             counts[state.status] = counts.get(state.status, 0) + 1
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        typer.echo(f"run {outcome.run_id} {outcome.status} in "
-                   f"{format_duration(outcome.duration)}: {shown}")
+        typer.echo(
+            f"run {outcome.run_id} {outcome.status} in {format_duration(outcome.duration)}: {shown}"
+        )
         if outcome.status != "succeeded":
             typer.echo(f"resume with: blocks run {flow} --resume {outcome.run_id}")
     if outcome.status == "cancelled":
-        code = EXIT_CODES["terminated"] if outcome.signal == signal.SIGTERM else \
-            EXIT_CODES["interrupted"]
+        code = (
+            EXIT_CODES["terminated"]
+            if outcome.signal == signal.SIGTERM
+            else EXIT_CODES["interrupted"]
+        )
         raise typer.Exit(code)
     raise typer.Exit(EXIT_CODES["ok"] if outcome.status == "succeeded" else EXIT_CODES["invalid"])
 
@@ -92,9 +139,15 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "duration": outcome.duration,
         "outputs": outcome.outputs,
         "steps": {
-            sid: {"status": s.status, "duration": s.duration, "attempts": s.attempts,
-                  "outputs": s.outputs, "error": s.error, "reason": s.reason,
-                  "cached_from": s.cached_from}
+            sid: {
+                "status": s.status,
+                "duration": s.duration,
+                "attempts": s.attempts,
+                "outputs": s.outputs,
+                "error": s.error,
+                "reason": s.reason,
+                "cached_from": s.cached_from,
+            }
             for sid, s in outcome.steps.items()
         },
     }
@@ -113,17 +166,22 @@ def plan(
     values = coerce_inputs(the_plan.flow, _pairs(inputs))
     forecast = predict(the_plan, values, runtime.settings.cache_dir)
     limits = the_plan.flow.limits
-    typer.echo(f"plan for {the_plan.flow.name} ({the_plan.path}): {len(the_plan.order)} steps, "
-               f"concurrency {limits.concurrency}"
-               + (f", timeout {format_duration(limits.timeout)}" if limits.timeout else ""))
+    typer.echo(
+        f"plan for {the_plan.flow.name} ({the_plan.path}): {len(the_plan.order)} steps, "
+        f"concurrency {limits.concurrency}"
+        + (f", timeout {format_duration(limits.timeout)}" if limits.timeout else "")
+    )
     width = max(len(s) for s in the_plan.order)
     for index, sid in enumerate(the_plan.order, 1):
         ps = the_plan.steps[sid]
         needs = ", ".join(ps.needs) or "-"
-        typer.echo(f"  {index:>3}  {sid:<{width}}  {ps.spec.kind:<7} needs: {needs:<24} "
-                   f"{forecast.decisions[sid]}")
-    llm_calls = sum(getattr(s.spec, "samples", 1) for s in the_plan.steps.values()
-                    if s.spec.kind == "llm")
+        typer.echo(
+            f"  {index:>3}  {sid:<{width}}  {ps.spec.kind:<7} needs: {needs:<24} "
+            f"{forecast.decisions[sid]}"
+        )
+    llm_calls = sum(
+        getattr(s.spec, "samples", 1) for s in the_plan.steps.values() if s.spec.kind == "llm"
+    )
     typer.echo(f"llm calls: {llm_calls}; estimated cost: {forecast.cost_text}")
 
 
@@ -136,18 +194,23 @@ def graph(
     lines: list[str]
     if fmt is GraphFormat.mermaid:
         lines = ["flowchart TD"]
-        lines += [f"  {sid}[\"{sid} ({the_plan.steps[sid].spec.kind})\"]" for sid in the_plan.order]
-        lines += [f"  {dep} --> {sid}" for sid in the_plan.order for dep in the_plan.steps[sid].needs]
+        lines += [f'  {sid}["{sid} ({the_plan.steps[sid].spec.kind})"]' for sid in the_plan.order]
+        lines += [
+            f"  {dep} --> {sid}" for sid in the_plan.order for dep in the_plan.steps[sid].needs
+        ]
         for gid, gate in the_plan.flow.gates.items():
             after = [gate.after] if isinstance(gate.after, str) else gate.after
-            lines.append(f"  gate_{gid}{{{{\"gate {gid} ({gate.kind})\"}}}}")
+            lines.append(f'  gate_{gid}{{{{"gate {gid} ({gate.kind})"}}}}')
             lines += [f"  {a} -.-> gate_{gid}" for a in after]
     else:
-        lines = [f"digraph \"{the_plan.flow.name}\" {{", "  rankdir=TB;"]
-        lines += [f"  \"{sid}\" [label=\"{sid}\\n{the_plan.steps[sid].spec.kind}\"];"
-                  for sid in the_plan.order]
-        lines += [f"  \"{dep}\" -> \"{sid}\";" for sid in the_plan.order
-                  for dep in the_plan.steps[sid].needs]
+        lines = [f'digraph "{the_plan.flow.name}" {{', "  rankdir=TB;"]
+        lines += [
+            f'  "{sid}" [label="{sid}\\n{the_plan.steps[sid].spec.kind}"];'
+            for sid in the_plan.order
+        ]
+        lines += [
+            f'  "{dep}" -> "{sid}";' for sid in the_plan.order for dep in the_plan.steps[sid].needs
+        ]
         lines.append("}")
     typer.echo("\n".join(lines))
 
@@ -163,9 +226,21 @@ def runs_list(
     runtime = _runtime()
     summaries = runtime.list_runs()
     if as_json:
-        sys.stdout.write(json.dumps([{"run_id": s.run_id, "flow": s.flow, "status": s.status,
-                                      "started_at": s.started_at} for s in summaries],
-                                    indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                [
+                    {
+                        "run_id": s.run_id,
+                        "flow": s.flow,
+                        "status": s.status,
+                        "started_at": s.started_at,
+                    }
+                    for s in summaries
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
         return
     if not summaries:
         typer.echo(f"no runs under {runtime.settings.runs_dir}")
@@ -183,9 +258,15 @@ def runs_show(
     """Show one run: status, inputs, each step."""
     summary = _runtime().summary(run_id)
     if as_json:
-        sys.stdout.write(json.dumps(_outcome_json(_as_outcome(summary)) | {
-            "flow": summary.flow, "inputs": summary.inputs, "in_flight": summary.in_flight},
-            indent=2, default=str) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                _outcome_json(_as_outcome(summary))
+                | {"flow": summary.flow, "inputs": summary.inputs, "in_flight": summary.in_flight},
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
         return
     typer.echo(f"run {summary.run_id}  flow {summary.flow} ({summary.path})  {summary.status}")
     typer.echo(f"inputs: {json.dumps(summary.inputs, sort_keys=True)}")
@@ -198,10 +279,12 @@ def runs_show(
 def _as_outcome(summary: Any) -> Any:
     from engine.executor.local import RunOutcome  # noqa: PLC0415
 
-    status = summary.status if summary.status in ("succeeded", "failed", "cancelled",
-                                                  "timed_out") else "failed"
-    return RunOutcome(summary.run_id, status, summary.steps, 0.0, None,  # type: ignore[arg-type]
-                      summary.outputs)
+    status = (
+        summary.status
+        if summary.status in ("succeeded", "failed", "cancelled", "timed_out")
+        else "failed"
+    )
+    return RunOutcome(summary.run_id, cast(Any, status), summary.steps, 0.0, None, summary.outputs)
 
 
 def register(app: typer.Typer) -> None:

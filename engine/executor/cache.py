@@ -23,19 +23,34 @@ from typing import Any
 from engine.plan import Plan, PlannedStep
 
 __all__ = [
-    "CACHE_VERSION", "CacheEntry", "StepCache", "canonical_json", "digest_json", "key_for_step",
+    "CACHE_VERSION",
+    "CacheEntry",
+    "StepCache",
+    "canonical_json",
+    "digest_json",
+    "key_for_step",
     "step_key",
 ]
 
 CACHE_VERSION = 1
-_NOT_WORK = {"description", "needs", "when", "retry", "timeout", "continue_on_failure", "cache",
-             "idempotent", "outputs"}
+_NOT_WORK = {
+    "description",
+    "needs",
+    "when",
+    "retry",
+    "timeout",
+    "continue_on_failure",
+    "cache",
+    "idempotent",
+    "outputs",
+}
 
 
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no spaces, UTF-8: equal data gives equal bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode("utf-8")
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode("utf-8")
 
 
 def digest_json(value: Any) -> str:
@@ -72,33 +87,53 @@ def _file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def step_key(*, kind: str, spec: Mapping[str, Any], resolved: Mapping[str, Any],
-             code_digest: str | None, upstream: Mapping[str, str], project_root: Path,
-             deps: Iterable[str] = ()) -> str:
+def step_key(
+    *,
+    kind: str,
+    spec: Mapping[str, Any],
+    resolved: Mapping[str, Any],
+    code_digest: str | None,
+    upstream: Mapping[str, str],
+    project_root: Path,
+    deps: Iterable[str] = (),
+) -> str:
     """The cache key of one step instance."""
     work = {k: v for k, v in spec.items() if k not in _NOT_WORK}
-    return digest_json({
-        "v": CACHE_VERSION,
-        "kind": kind,
-        "spec": work,
-        "resolved": resolved,
-        "code": code_digest,
-        "upstream": dict(sorted(upstream.items())),
-        "deps": _deps_digest(project_root, deps),
-    })
+    return digest_json(
+        {
+            "v": CACHE_VERSION,
+            "kind": kind,
+            "spec": work,
+            "resolved": resolved,
+            "code": code_digest,
+            "upstream": dict(sorted(upstream.items())),
+            "deps": _deps_digest(project_root, deps),
+        }
+    )
 
 
-def key_for_step(plan: Plan, ps: PlannedStep, resolved: Mapping[str, Any],
-                 upstream: Mapping[str, str], code_digests: dict[str, str | None]) -> str:
+def key_for_step(
+    plan: Plan,
+    ps: PlannedStep,
+    resolved: Mapping[str, Any],
+    upstream: Mapping[str, str],
+    code_digests: dict[str, str | None],
+) -> str:
     """The cache key of a planned step with these resolved parameters and upstream results.
 
     `code_digests` memoises each step's code digest for the run (hashing a module per
     instance would cost more than a no-op step)."""
     if ps.id not in code_digests:
         code_digests[ps.id] = ps.kind.code_digest(ps.spec, plan.project_root)
-    return step_key(kind=ps.spec.kind, spec=ps.spec.model_dump(by_alias=True),
-                    resolved=resolved, code_digest=code_digests[ps.id], upstream=upstream,
-                    project_root=plan.project_root, deps=ps.spec.deps)
+    return step_key(
+        kind=ps.spec.kind,
+        spec=ps.spec.model_dump(by_alias=True),
+        resolved=resolved,
+        code_digest=code_digests[ps.id],
+        upstream=upstream,
+        project_root=plan.project_root,
+        deps=ps.spec.deps,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +163,28 @@ class StepCache:
             return None
         if data.get("key") != key:
             return None
-        return CacheEntry(key, data["run_id"], data["step"], data["outputs"], data.get("result"),
-                          data["result_digest"])
+        return CacheEntry(
+            key,
+            data["run_id"],
+            data["step"],
+            data["outputs"],
+            data.get("result"),
+            data["result_digest"],
+        )
 
     def put(self, entry: CacheEntry) -> None:
         target = self._path(entry.key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        body = canonical_json({
-            "key": entry.key, "run_id": entry.run_id, "step": entry.step,
-            "outputs": entry.outputs, "result": entry.result,
-            "result_digest": entry.result_digest,
-        })
+        body = canonical_json(
+            {
+                "key": entry.key,
+                "run_id": entry.run_id,
+                "step": entry.step,
+                "outputs": entry.outputs,
+                "result": entry.result,
+                "result_digest": entry.result_digest,
+            }
+        )
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -26,6 +26,7 @@ import anyio
 
 from engine.errors import ExecutionError, ExpressionError, StepFailed
 from engine.executor.cache import CacheEntry, StepCache, digest_json, key_for_step
+from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter
 from engine.executor.outputs import extract_outputs, render_value
 from engine.plan import Plan, PlannedStep
@@ -92,15 +93,24 @@ Event = Callable[[dict[str, Any]], None]
 class LocalExecutor:
     """Runs plans on this machine. One executor may run many plans, one at a time."""
 
-    def __init__(self, *, cache: StepCache, redactor: Redactor,
-                 secrets: Mapping[str, str], on_event: Event | None = None,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cache: StepCache,
+        redactor: Redactor,
+        secrets: Mapping[str, str],
+        on_event: Event | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        faults: Faults | None = None,
+    ) -> None:
         self.cache = cache
         self.redactor = redactor
         self.secrets = dict(secrets)
         self.on_event: Event = on_event or (lambda record: None)
         self.clock: Clock = clock or RealClock()
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not cryptography)
+        self.faults = faults or Faults()
         self._active: _Run | None = None
 
     def stop(self, signum: int) -> None:
@@ -108,8 +118,15 @@ class LocalExecutor:
         if self._active is not None:
             self._active.stop(signum)
 
-    async def run(self, plan: Plan, options: RunOptions, journal: JournalWriter, *,
-                  prior: Mapping[str, StepState] | None = None, run_dir: Path) -> RunOutcome:
+    async def run(
+        self,
+        plan: Plan,
+        options: RunOptions,
+        journal: JournalWriter,
+        *,
+        prior: Mapping[str, StepState] | None = None,
+        run_dir: Path,
+    ) -> RunOutcome:
         """Run `plan`. `prior` holds what an earlier, interrupted attempt finished."""
         run = _Run(self, plan, options, journal, dict(prior or {}), run_dir)
         self._active = run
@@ -120,8 +137,15 @@ class LocalExecutor:
 
 
 class _Run:
-    def __init__(self, executor: LocalExecutor, plan: Plan, options: RunOptions,
-                 journal: JournalWriter, prior: dict[str, StepState], run_dir: Path) -> None:
+    def __init__(
+        self,
+        executor: LocalExecutor,
+        plan: Plan,
+        options: RunOptions,
+        journal: JournalWriter,
+        prior: dict[str, StepState],
+        run_dir: Path,
+    ) -> None:
         self.x = executor
         self.plan = plan
         self.options = options
@@ -152,7 +176,11 @@ class _Run:
 
     def record(self, event: str, **fields: Any) -> None:
         rec = self.x.redactor.value({"event": event, **fields})
+        if self.x.faults:
+            self.x.faults.before(rec, self.journal.path)
         self.journal.append(rec)
+        if self.x.faults:
+            self.x.faults.after(rec)
         self.x.on_event(rec)
 
     # ---- the run ---------------------------------------------------------------------
@@ -185,16 +213,23 @@ class _Run:
             status = "cancelled"
         elif self.scope.cancelled_caught and limit is not None and not self._all_settled():
             status = "timed_out"
-        elif any(s.status == "failed" and not self._tolerated(sid)
-                 for sid, s in self.state.items()) or not self._all_settled():
+        elif (
+            any(s.status == "failed" and not self._tolerated(sid) for sid, s in self.state.items())
+            or not self._all_settled()
+        ):
             status = "failed"
         else:
             status = "succeeded"
         outputs = self._flow_outputs() if status == "succeeded" else {}
         duration = self.x.clock.now() - started
         with anyio.CancelScope(shield=True):
-            self.record("run.finished", status=status, signal=self.signal,
-                        duration=round(duration, 6), outputs=outputs)
+            self.record(
+                "run.finished",
+                status=status,
+                signal=self.signal,
+                duration=round(duration, 6),
+                outputs=outputs,
+            )
             await self.journal.commit()
         return RunOutcome(self.options.run_id, status, self.state, duration, self.signal, outputs)
 
@@ -260,8 +295,13 @@ class _Run:
 
     @staticmethod
     def _scope_entry(state: StepState) -> dict[str, Any]:
-        return {"status": state.status, "outputs": state.outputs, "output": state.result,
-                "duration": state.duration, "attempts": state.attempts}
+        return {
+            "status": state.status,
+            "outputs": state.outputs,
+            "output": state.result,
+            "duration": state.duration,
+            "attempts": state.attempts,
+        }
 
     async def _step_body(self, ps: PlannedStep, state: StepState) -> None:
         activation = self._activation(ps)
@@ -279,8 +319,15 @@ class _Run:
             self._fail(ps, state, ps.id, str(exc), "permanent", 0.0, final=True)
             return
         if not isinstance(items, list):
-            self._fail(ps, state, ps.id, f"for_each.items gave {type(items).__name__}, not a list",
-                       "permanent", 0.0, final=True)
+            self._fail(
+                ps,
+                state,
+                ps.id,
+                f"for_each.items gave {type(items).__name__}, not a list",
+                "permanent",
+                0.0,
+                final=True,
+            )
             return
         await self._fan_out(ps, items, activation, state)
 
@@ -288,12 +335,14 @@ class _Run:
         assert ps.when is not None
         value = ps.when.evaluate(activation)
         if not isinstance(value, bool):
-            raise ExpressionError(f"when: expected a bool, got {type(value).__name__}",
-                                  source=ps.when.source)
+            raise ExpressionError(
+                f"when: expected a bool, got {type(value).__name__}", source=ps.when.source
+            )
         return value
 
-    async def _fan_out(self, ps: PlannedStep, items: list[Any], activation: dict[str, Any],
-                       state: StepState) -> None:
+    async def _fan_out(
+        self, ps: PlannedStep, items: list[Any], activation: dict[str, Any], state: StepState
+    ) -> None:
         assert ps.spec.for_each is not None
         name = ps.spec.for_each.as_
         limit = anyio.CapacityLimiter(ps.spec.for_each.concurrency or len(items) or 1)
@@ -317,15 +366,22 @@ class _Run:
         if failed:
             state.status = "failed"
             state.error = f"{len(failed)} of {len(items)} items failed: {failed[0].error}"
-            self.record("step.failed", step=ps.id, error=state.error, category="permanent",
-                        final=True)
+            self.record(
+                "step.failed", step=ps.id, error=state.error, category="permanent", final=True
+            )
         else:
             state.status = "succeeded"
-            self.record("step.succeeded", step=ps.id, outputs=state.outputs,
-                        duration=round(state.duration, 6), items=len(items))
+            self.record(
+                "step.succeeded",
+                step=ps.id,
+                outputs=state.outputs,
+                duration=round(state.duration, 6),
+                items=len(items),
+            )
 
-    async def _instance(self, ps: PlannedStep, instance: str, activation: Mapping[str, Any],
-                        state: StepState) -> None:
+    async def _instance(
+        self, ps: PlannedStep, instance: str, activation: Mapping[str, Any], state: StepState
+    ) -> None:
         try:
             resolved = ps.kind.resolve(ps.spec, lambda v: render_value(v, activation))
         except ExpressionError as exc:
@@ -349,13 +405,26 @@ class _Run:
         state.result = entry.result
         state.result_digest = entry.result_digest
         state.cached_from = entry.run_id
-        self.record("step.cached", step=ps.id, instance=instance, from_run=entry.run_id,
-                    outputs=entry.outputs, result=entry.result, key=key,
-                    result_digest=entry.result_digest)
+        self.record(
+            "step.cached",
+            step=ps.id,
+            instance=instance,
+            from_run=entry.run_id,
+            outputs=entry.outputs,
+            result=entry.result,
+            key=key,
+            result_digest=entry.result_digest,
+        )
         return True
 
-    async def _attempts(self, ps: PlannedStep, instance: str, resolved: Mapping[str, Any],
-                        key: str | None, state: StepState) -> None:
+    async def _attempts(
+        self,
+        ps: PlannedStep,
+        instance: str,
+        resolved: Mapping[str, Any],
+        key: str | None,
+        state: StepState,
+    ) -> None:
         retry = ps.retry
         try:
             env = self._secret_env(ps)
@@ -381,27 +450,44 @@ class _Run:
                 self._fail(ps, state, instance, message, category, elapsed, final=True)
                 return
             delay = self._delay(retry, attempt, retry_after)
-            self.record("step.retrying", step=ps.id, instance=instance, attempt=attempt,
-                        error=message, category=category, delay=round(delay, 6))
+            self.record(
+                "step.retrying",
+                step=ps.id,
+                instance=instance,
+                attempt=attempt,
+                error=message,
+                category=category,
+                delay=round(delay, 6),
+            )
             await self.x.clock.sleep(delay)
 
-    async def _attempt(self, ps: PlannedStep, instance: str, attempt: int,
-                       resolved: Mapping[str, Any], env: Mapping[str, str],
-                       state: StepState) -> tuple[str, str, float | None] | None:
+    async def _attempt(
+        self,
+        ps: PlannedStep,
+        instance: str,
+        attempt: int,
+        resolved: Mapping[str, Any],
+        env: Mapping[str, str],
+        state: StepState,
+    ) -> tuple[str, str, float | None] | None:
         """One try. Returns None on success, else (message, category, retry_after)."""
         ctx = StepContext(
-            run_id=self.options.run_id, step_id=ps.id, instance=instance, attempt=attempt,
+            run_id=self.options.run_id,
+            step_id=ps.id,
+            instance=instance,
+            attempt=attempt,
             project_root=self.plan.project_root,
             workdir=self.run_dir / "steps" / instance / f"attempt-{attempt}",
-            env=env, redactor=self.x.redactor, log=self._logger(ps.id, instance),
+            env=env,
+            redactor=self.x.redactor,
+            log=self._logger(ps.id, instance),
         )
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         try:
             timeout = ps.timeout
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
                 result: StepResult = await ps.kind.run(ctx, resolved)
-            state.outputs = extract_outputs(ps.id, ps.spec.outputs, result,
-                                            self.plan.project_root)
+            state.outputs = extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
             state.result = result.result
             state.result_digest = digest_json(result.result)
             return None
@@ -416,13 +502,21 @@ class _Run:
             raise
         except ExecutionError as exc:
             return str(exc), "permanent", None
-        except Exception as exc:  # noqa: BLE001  (a bug in a step kind must not kill the run)
+        except Exception as exc:
             return f"{type(exc).__name__}: {exc}", "permanent", None
 
     def _logger(self, sid: str, instance: str) -> Callable[[str, str], None]:
         def log(stream: str, line: str) -> None:
-            self.x.on_event({"event": "step.output", "step": sid, "instance": instance,
-                             "stream": stream, "line": self.x.redactor.text(line)})
+            self.x.on_event(
+                {
+                    "event": "step.output",
+                    "step": sid,
+                    "instance": instance,
+                    "stream": stream,
+                    "line": self.x.redactor.text(line),
+                }
+            )
+
         return log
 
     def _secret_env(self, ps: PlannedStep) -> dict[str, str]:
@@ -430,8 +524,9 @@ class _Run:
         for name, value in getattr(ps.spec, "env", {}).items():
             if isinstance(value, SecretRef):
                 if value.secret not in self.x.secrets:
-                    raise StepFailed(f"secret {value.secret} is not set in the environment",
-                                     step=ps.id)
+                    raise StepFailed(
+                        f"secret {value.secret} is not set in the environment", step=ps.id
+                    )
                 env[name] = self.x.secrets[value.secret]
         return env
 
@@ -444,27 +539,57 @@ class _Run:
             delay = max(delay, min(retry_after, retry.max))
         return delay
 
-    def _succeeded(self, ps: PlannedStep, instance: str, key: str | None,
-                   state: StepState) -> None:
+    def _succeeded(self, ps: PlannedStep, instance: str, key: str | None, state: StepState) -> None:
         state.status = "succeeded"
         state.error = None
-        self.record("step.succeeded", step=ps.id, instance=instance, attempt=state.attempts,
-                    outputs=state.outputs, result=state.result, duration=round(state.duration, 6),
-                    key=key, result_digest=state.result_digest)
+        self.record(
+            "step.succeeded",
+            step=ps.id,
+            instance=instance,
+            attempt=state.attempts,
+            outputs=state.outputs,
+            result=state.result,
+            duration=round(state.duration, 6),
+            key=key,
+            result_digest=state.result_digest,
+        )
         if key is not None:
-            self.x.cache.put(CacheEntry(key, self.options.run_id, ps.id,
-                                        self.x.redactor.value(state.outputs),
-                                        self.x.redactor.value(state.result),
-                                        state.result_digest))
+            self.x.cache.put(
+                CacheEntry(
+                    key,
+                    self.options.run_id,
+                    ps.id,
+                    self.x.redactor.value(state.outputs),
+                    self.x.redactor.value(state.result),
+                    state.result_digest,
+                )
+            )
 
-    def _fail(self, ps: PlannedStep, state: StepState, instance: str, message: str,
-              category: str, elapsed: float, *, final: bool) -> None:
+    def _fail(
+        self,
+        ps: PlannedStep,
+        state: StepState,
+        instance: str,
+        message: str,
+        category: str,
+        elapsed: float,
+        *,
+        final: bool,
+    ) -> None:
         state.status = "failed"
         state.error = message
         state.duration = elapsed
-        self.record("step.failed", step=ps.id, instance=instance, attempt=state.attempts,
-                    error=message, category=category, duration=round(elapsed, 6), final=final,
-                    tolerated=ps.spec.continue_on_failure)
+        self.record(
+            "step.failed",
+            step=ps.id,
+            instance=instance,
+            attempt=state.attempts,
+            error=message,
+            category=category,
+            duration=round(elapsed, 6),
+            final=final,
+            tolerated=ps.spec.continue_on_failure,
+        )
 
     def _flow_outputs(self) -> dict[str, Any]:
         activation = {**self.activation_base, "steps": self.scope_steps}
@@ -478,4 +603,3 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:g}s" if value < 60 or not math.isclose(value % 60, 0) else f"{value / 60:g}m"
-

@@ -56,45 +56,60 @@ def resolve_pointer(document: Any, pointer: str) -> Any:
     return node
 
 
-def extract_outputs(step_id: str, outputs: Mapping[str, OutputSpec], result: StepResult,
-                    project_root: Path) -> dict[str, Any]:
+def extract_outputs(
+    step_id: str, outputs: Mapping[str, OutputSpec], result: StepResult, project_root: Path
+) -> dict[str, Any]:
     """The declared outputs' values, type-checked. Raises `StepFailed` (permanent)."""
     values: dict[str, Any] = {}
     for name, spec in outputs.items():
         value = _raw_value(step_id, name, spec, result, project_root)
         _check_type(step_id, name, spec.type, value)
-        values[name] = value
+        # CEL never mixes int and double in arithmetic: a `number` is always a double
+        values[name] = float(value) if spec.type == "number" else value
     return values
 
 
-def _raw_value(step_id: str, name: str, spec: OutputSpec, result: StepResult,
-               project_root: Path) -> Any:
+def _raw_value(
+    step_id: str, name: str, spec: OutputSpec, result: StepResult, project_root: Path
+) -> Any:
     where: str
     if spec.source == "stdout":
         text = result.stdout.strip()
-        document: Any = text if spec.type == "string" and not spec.pointer else _json(
-            step_id, name, text, "stdout")
+        document: Any = (
+            text
+            if spec.type == "string" and not spec.pointer
+            else _json(step_id, name, text, "stdout")
+        )
         where = "stdout"
     elif spec.source == "file":
         path = project_root / str(spec.file)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise StepFailed(f"output '{name}': cannot read {spec.file}: {exc.strerror}",
-                             step=step_id) from None
-        document = text if spec.type == "string" and not spec.pointer else _json(
-            step_id, name, text, str(spec.file))
+            raise StepFailed(
+                f"output '{name}': cannot read {spec.file}: {exc.strerror}", step=step_id
+            ) from None
+        document = (
+            text
+            if spec.type == "string" and not spec.pointer
+            else _json(step_id, name, text, str(spec.file))
+        )
         where = str(spec.file)
     else:
         document = result.result
         where = "the step's result"
-    pointer = spec.pointer if spec.pointer is not None else (
-        f"/{name}" if spec.source == "result" else "")
+    pointer = (
+        spec.pointer
+        if spec.pointer is not None
+        else (f"/{name}" if spec.source == "result" else "")
+    )
     try:
         return resolve_pointer(document, pointer)
     except KeyError as exc:
-        raise StepFailed(f"output '{name}': nothing at {pointer} in {where} "
-                         f"(missing '{exc.args[0]}')", step=step_id) from None
+        raise StepFailed(
+            f"output '{name}': nothing at {pointer} in {where} (missing '{exc.args[0]}')",
+            step=step_id,
+        ) from None
 
 
 def _json(step_id: str, name: str, text: str, where: str) -> Any:
@@ -108,8 +123,9 @@ def _check_type(step_id: str, name: str, kind: str, value: Any) -> None:
     if kind == "any":
         return
     allowed = _TYPES[kind]
-    ok = isinstance(value, allowed) and not (kind in ("integer", "number")
-                                              and isinstance(value, bool))
+    ok = isinstance(value, allowed) and not (
+        kind in ("integer", "number") and isinstance(value, bool)
+    )
     if not ok:
         got = "null" if value is None else type(value).__name__
         raise StepFailed(f"output '{name}' should be {kind}, got {got}", step=step_id)

@@ -43,7 +43,8 @@ def predict(plan: Plan, inputs: Mapping[str, Any], cache_dir: Path) -> Forecast:
         ps = plan.steps[sid]
         if not ps.cache:
             decisions[sid] = "runs (not cached: " + (
-                "idempotent: false)" if not ps.idempotent else "cache: false)")
+                "idempotent: false)" if not ps.idempotent else "cache: false)"
+            )
             continue
         missing = [d for d in ps.needs if d not in known]
         if missing:
@@ -71,5 +72,9 @@ def predict(plan: Plan, inputs: Mapping[str, Any], cache_dir: Path) -> Forecast:
         decisions[sid] = f"cached (from run {entry.run_id})"
         known[sid] = {"status": "cached", "outputs": entry.outputs, "output": entry.result}
         digests[sid] = entry.result_digest
-    return Forecast(decisions, "$0.00 (no priced model routes)" if not any(
-        s.spec.kind == "llm" for s in plan.steps.values()) else "not priced yet")
+    return Forecast(
+        decisions,
+        "$0.00 (no priced model routes)"
+        if not any(s.spec.kind == "llm" for s in plan.steps.values())
+        else "not priced yet",
+    )

@@ -33,6 +33,7 @@ class RunSummary:
     """Step id -> instances that started and never finished (a crash, a kill -9)."""
     outputs: dict[str, Any] = field(default_factory=dict)
     resumed: int = 0
+    use_cache: bool = True
 
 
 def replay(records: Iterable[Mapping[str, Any]]) -> RunSummary:
@@ -42,15 +43,14 @@ def replay(records: Iterable[Mapping[str, Any]]) -> RunSummary:
     for rec in records:
         _apply(summary, open_instances, rec)
     summary.in_flight = {sid: sorted(v) for sid, v in open_instances.items() if v}
-    if summary.status == "running" and summary.in_flight:
-        summary.status = "interrupted"
-    elif summary.status == "running":
+    if (summary.status == "running" and summary.in_flight) or summary.status == "running":
         summary.status = "interrupted"
     return summary
 
 
-def _apply(summary: RunSummary, open_instances: dict[str, set[str]],
-           rec: Mapping[str, Any]) -> None:
+def _apply(
+    summary: RunSummary, open_instances: dict[str, set[str]], rec: Mapping[str, Any]
+) -> None:
     event = rec.get("event")
     if event in ("run.started", "run.resumed"):
         summary.run_id = rec.get("run", summary.run_id)
@@ -59,6 +59,7 @@ def _apply(summary: RunSummary, open_instances: dict[str, set[str]],
         summary.spec_digest = rec.get("spec_digest", summary.spec_digest)
         summary.inputs = rec.get("inputs", summary.inputs)
         summary.holder = rec.get("holder", summary.holder)
+        summary.use_cache = bool(rec.get("use_cache", summary.use_cache))
         if event == "run.started":
             summary.started_at = rec.get("t")
         else:

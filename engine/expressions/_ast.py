@@ -274,7 +274,7 @@ def _child(node: Expr, level: int) -> str:
     return text if own >= level else f"({text})"
 
 
-def _fmt(node: Expr) -> tuple[str, int]:  # noqa: PLR0911 - one return per node kind
+def _fmt(node: Expr) -> tuple[str, int]:
     if isinstance(node, Literal):
         return _literal(node), _MEMBER
     if isinstance(node, Ident):

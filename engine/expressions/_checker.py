@@ -148,7 +148,7 @@ class _Checker:
             self.refs.append(Reference(tuple(path), node.start))
         return t
 
-    def leaf(self, node: Expr) -> CelType:  # noqa: PLR0911 - one return per node kind
+    def leaf(self, node: Expr) -> CelType:
         if isinstance(node, Literal):
             return _LITERAL_TYPES[node.kind]
         if isinstance(node, Unary):

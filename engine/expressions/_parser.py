@@ -187,7 +187,7 @@ class _Parser:
             else:
                 return node
 
-    def primary(self) -> Expr:  # noqa: PLR0911 - one return per primary form
+    def primary(self) -> Expr:
         toks = self.toks
         tok = toks[self.pos]
         kind = tok[0]

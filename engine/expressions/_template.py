@@ -120,7 +120,7 @@ def stringify(value: object) -> str:
     return scalar if isinstance(scalar, str) else json.dumps(scalar)
 
 
-def _jsonable(value: object) -> object:  # noqa: PLR0911 - one return per value kind
+def _jsonable(value: object) -> object:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):

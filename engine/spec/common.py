@@ -34,7 +34,7 @@ LANGUAGE_VERSION = 1
 def _to_text(value: Any) -> Any:
     """YAML numbers where a string is expected keep their source text (`1.10` stays `1.10`)."""
     text = getattr(value, "text", None)
-    if isinstance(text, str) and isinstance(value, float):
+    if isinstance(text, str) and isinstance(value, float | int):
         return text
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -80,9 +80,7 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
-            raise ValueError(
-                f"expected a duration like 500ms, 30s, 15m, 2h or 1d, got {value!r}"
-            )
+            raise ValueError(f"expected a duration like 500ms, 30s, 15m, 2h or 1d, got {value!r}")
         return float(match.group(1)) * _UNIT[match.group(2)]
     return value
 
@@ -125,9 +123,7 @@ class DocumentHeader(SpecModel):
     """The spec language version. Always 1 for now."""
     name: Name
     """The document's name, unique within a project."""
-    revision: Annotated[
-        Text, Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
-    ] | None = None
+    revision: Annotated[Text, Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")] | None = None
     """Semantic version of this document (`1.4.0`)."""
     owner: Text | None = None
     """Who to ask about it: a team or a person."""

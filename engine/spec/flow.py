@@ -25,9 +25,9 @@ from engine.spec.common import (
 )
 
 __all__ = [
+    "GATE_METRICS",
     "ContractGate",
     "CoverageGate",
-    "GATE_METRICS",
     "Flow",
     "FlowStep",
     "ForEach",
@@ -49,8 +49,12 @@ __all__ = [
 ]
 
 FailureCategory = Literal["timeout", "rate_limit", "server_error", "connection", "exit_code"]
-DEFAULT_TRANSIENT: tuple[FailureCategory, ...] = ("timeout", "rate_limit", "server_error",
-                                                  "connection")
+DEFAULT_TRANSIENT: tuple[FailureCategory, ...] = (
+    "timeout",
+    "rate_limit",
+    "server_error",
+    "connection",
+)
 
 
 class Retry(SpecModel):
@@ -156,7 +160,7 @@ class ShellStep(_StepBase):
     """Run a program. `run` is an argv list: each `${{ }}` value lands in exactly one argument."""
 
     kind: Literal["shell"]
-    run: list[Text] | None = None
+    run: Annotated[list[Text], Field(min_length=1)] | None = None
     script: Text | None = None
     """A bash script, for pipes and loops. It receives values only through `env`:
     `${{ }}` inside a script is rejected."""
@@ -168,8 +172,6 @@ class ShellStep(_StepBase):
     def _exactly_one_program(self) -> ShellStep:
         if (self.run is None) == (self.script is None):
             raise ValueError("a shell step needs exactly one of `run` (argv list) or `script`")
-        if self.run is not None and not self.run:
-            raise ValueError("`run` needs at least the program name")
         return self
 
 
@@ -177,9 +179,7 @@ class PythonStep(_StepBase):
     """Call `module:function` with JSON-able keyword arguments (sync or async)."""
 
     kind: Literal["python"]
-    call: Annotated[
-        Text, Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-    ]
+    call: Annotated[Text, Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")]
     with_: dict[Identifier, Any] = Field(default_factory=dict, alias="with")
     pythonpath: list[RelPath] = Field(default_factory=list)
     """Folders added to `sys.path` for this call, relative to the project root."""
@@ -328,7 +328,12 @@ GATE_METRICS: dict[str, dict[str, str]] = {
         "total": "integer",
     },
     "security": {"high": "integer", "medium": "integer", "low": "integer", "findings": "integer"},
-    "review": {"pass_rate": "number", "score": "number", "min_score": "number", "samples": "integer"},
+    "review": {
+        "pass_rate": "number",
+        "score": "number",
+        "min_score": "number",
+        "samples": "integer",
+    },
 }
 """The metrics each built-in gate kind reports, by name and type; `require` may use these.
 A `metric` gate declares its own."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from engine.spec.common import (
     DocumentHeader,
@@ -151,8 +151,19 @@ class ExportProc(_Proc):
 
 
 Procedure = Annotated[
-    PromoteProc | RollbackProc | FreezeProc | UnfreezeProc | CircuitProc | RouteProc
-    | LimitsProc | RunProc | GateProc | ShellProc | NotifyProc | ApprovalProc | ExportProc,
+    PromoteProc
+    | RollbackProc
+    | FreezeProc
+    | UnfreezeProc
+    | CircuitProc
+    | RouteProc
+    | LimitsProc
+    | RunProc
+    | GateProc
+    | ShellProc
+    | NotifyProc
+    | ApprovalProc
+    | ExportProc,
     Field(discriminator="kind"),
 ]
 
@@ -164,6 +175,17 @@ class GotoTarget(SpecModel):
     goto: Identifier
 
 
+def _on_failure(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("abort", "continue"):
+        raise ValueError(f"expected abort, continue or {{goto: STEP}}, got {value!r}")
+    if not isinstance(value, str | dict):
+        raise ValueError("expected abort, continue or {goto: STEP}")
+    return value
+
+
+OnFailure = Annotated[Literal["abort", "continue"] | GotoTarget, BeforeValidator(_on_failure)]
+
+
 class RunbookStep(SpecModel):
     """One step of a runbook: do something, check it worked, know how to take it back."""
 
@@ -173,7 +195,7 @@ class RunbookStep(SpecModel):
     verify: Expression | None = None
     """CEL checked after `do`; `result` is what the procedure returned."""
     undo: Procedure | None = None
-    on_failure: Literal["abort", "continue"] | GotoTarget = "abort"
+    on_failure: OnFailure = "abort"
     """`abort` undoes completed steps in reverse; `continue` goes on; `{goto: STEP}` jumps."""
     when: Expression | None = None
     timeout: Duration | None = None

@@ -73,8 +73,11 @@ class PythonKind:
 
     def resolve(self, step: Any, render: Render) -> dict[str, Any]:
         step = _python_step(step)
-        return {"call": step.call, "with": render(dict(step.with_)),
-                "pythonpath": list(step.pythonpath)}
+        return {
+            "call": step.call,
+            "with": render(dict(step.with_)),
+            "pythonpath": list(step.pythonpath),
+        }
 
     def code_digest(self, step: Any, project_root: Path) -> str | None:
         """sha256 of the module's source file, found without importing the module."""
@@ -93,7 +96,8 @@ class PythonKind:
                 value = await target.func(**kwargs)
             else:
                 value = await anyio.to_thread.run_sync(
-                    functools.partial(target.func, **kwargs), abandon_on_cancel=True)
+                    functools.partial(target.func, **kwargs), abandon_on_cancel=True
+                )
                 if inspect.isawaitable(value):
                     value = await value
         except (Exception, SystemExit) as exc:
@@ -101,8 +105,9 @@ class PythonKind:
             raise _user_failure(ctx, target.call, exc) from None
         if value is None:
             return target.none_result
-        return StepResult(result=_json_result(ctx, target.call, value),
-                          detail={"call": target.call})
+        return StepResult(
+            result=_json_result(ctx, target.call, value), detail={"call": target.call}
+        )
 
     async def _load(self, ctx: StepContext, resolved: Mapping[str, Any]) -> _Target:
         """Import and look up once per call string; concurrent first calls wait for one
@@ -164,28 +169,42 @@ async def _import_target(ctx: StepContext, call: str) -> _Target:
     module_name, _, attr = call.partition(":")
     try:
         module = await anyio.to_thread.run_sync(
-            importlib.import_module, module_name, abandon_on_cancel=True)
+            importlib.import_module, module_name, abandon_on_cancel=True
+        )
     except Exception as exc:  # any failure of user code at import time
         raise _import_failure(ctx, module_name, exc) from None
     func = getattr(module, attr, None)
     if func is None:
-        raise StepFailed(_missing_function(module, module_name, attr), step=ctx.instance,
-                         category="permanent")
+        raise StepFailed(
+            _missing_function(module, module_name, attr), step=ctx.instance, category="permanent"
+        )
     if not callable(func):
-        raise StepFailed(f"{call} is a {type(func).__name__}, not a function",
-                         step=ctx.instance, category="permanent")
-    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None))  # noqa: B004 - an object with `async def __call__`
-    return _Target(call=call, func=func, is_async=is_async,
-                   none_result=StepResult(result=None, detail={"call": call}))
+        raise StepFailed(
+            f"{call} is a {type(func).__name__}, not a function",
+            step=ctx.instance,
+            category="permanent",
+        )
+    # an object whose __call__ is async counts as async too; `callable()` cannot tell that
+    dunder_call = getattr(func, "__call__", None)  # noqa: B004
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(dunder_call)
+    return _Target(
+        call=call,
+        func=func,
+        is_async=is_async,
+        none_result=StepResult(result=None, detail={"call": call}),
+    )
 
 
 def _import_failure(ctx: StepContext, module: str, exc: Exception) -> StepFailed:
-    if isinstance(exc, ModuleNotFoundError) and exc.name and (
-        module == exc.name or module.startswith(exc.name + ".")
+    if (
+        isinstance(exc, ModuleNotFoundError)
+        and exc.name
+        and (module == exc.name or module.startswith(exc.name + "."))
     ):
-        message = (f"no module named '{module}' (looked in the project root, its pythonpath "
-                   "entries and the engine's sys.path)")
+        message = (
+            f"no module named '{module}' (looked in the project root, its pythonpath "
+            "entries and the engine's sys.path)"
+        )
     else:
         _write_traceback(ctx, exc)
         message = f"importing '{module}' failed: {type(exc).__name__}: {exc}"
@@ -213,8 +232,9 @@ def _user_failure(ctx: StepContext, call: str, exc: BaseException) -> StepFailed
         retry_after = None
     text = str(exc)
     message = f"{call} raised {type(exc).__name__}" + (f": {text}" if text else "")
-    return StepFailed(ctx.redactor.text(message), step=ctx.instance, category=category,
-                      retry_after=retry_after)
+    return StepFailed(
+        ctx.redactor.text(message), step=ctx.instance, category=category, retry_after=retry_after
+    )
 
 
 def _write_traceback(ctx: StepContext, exc: BaseException) -> None:
@@ -228,14 +248,16 @@ def _json_result(ctx: StepContext, call: str, value: Any) -> Any:
     """The return value as the JSON it will be stored as (tuples become lists, keys strings);
     plain scalars take a fast path that skips encoding."""
     kind = type(value)
-    if kind is str or kind is int or kind is bool or (
-        kind is float and math.isfinite(value)
-    ):
+    if kind is str or kind is int or kind is bool or (kind is float and math.isfinite(value)):
         return value
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise StepFailed(
-            ctx.redactor.text(f"{call} returned a {kind.__name__}, which is not JSON-able "
-                              f"(need a dict, list, str, number, bool or None): {exc}"),
-            step=ctx.instance, category="permanent") from None
+            ctx.redactor.text(
+                f"{call} returned a {kind.__name__}, which is not JSON-able "
+                f"(need a dict, list, str, number, bool or None): {exc}"
+            ),
+            step=ctx.instance,
+            category="permanent",
+        ) from None

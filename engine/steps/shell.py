@@ -70,7 +70,8 @@ class ShellKind:
         else:
             params = {"script": step.script}
         params["env"] = {
-            name: {"secret": value.secret} if isinstance(value, SecretRef)
+            name: {"secret": value.secret}
+            if isinstance(value, SecretRef)
             else _as_argument(render(value))
             for name, value in step.env.items()
         }
@@ -142,15 +143,25 @@ class _Launch:
     @classmethod
     def of(cls, ctx: StepContext, resolved: Mapping[str, Any]) -> _Launch:
         script = resolved.get("script")
-        argv = (["bash", "-euo", "pipefail", "-c", str(script)] if script is not None
-                else [str(a) for a in resolved["argv"]])
+        argv = (
+            ["bash", "-euo", "pipefail", "-c", str(script)]
+            if script is not None
+            else [str(a) for a in resolved["argv"]]
+        )
         cwd = ctx.project_root / (resolved.get("cwd") or ".")
         if not cwd.is_dir():
-            raise StepFailed(f"working folder '{resolved.get('cwd')}' does not exist in the "
-                             "project", step=ctx.instance, category="permanent")
-        return cls(argv=argv, env=_environment(ctx, resolved.get("env") or {}), cwd=cwd,
-                   max_output_bytes=int(resolved.get("max_output_bytes") or 1_048_576),
-                   program="bash script" if script is not None else argv[0])
+            raise StepFailed(
+                f"working folder '{resolved.get('cwd')}' does not exist in the project",
+                step=ctx.instance,
+                category="permanent",
+            )
+        return cls(
+            argv=argv,
+            env=_environment(ctx, resolved.get("env") or {}),
+            cwd=cwd,
+            max_output_bytes=int(resolved.get("max_output_bytes") or 1_048_576),
+            program="bash script" if script is not None else argv[0],
+        )
 
 
 def _environment(ctx: StepContext, declared: Mapping[str, Any]) -> dict[str, str]:
@@ -163,8 +174,11 @@ def _environment(ctx: StepContext, declared: Mapping[str, Any]) -> dict[str, str
             # the executor may key a secret by its own name rather than the variable's
             secret = str(value.get("secret"))
             if secret not in ctx.env:
-                raise StepFailed(f"secret {secret} (for env {name}) was not provided to the "
-                                 "step", step=ctx.instance, category="permanent")
+                raise StepFailed(
+                    f"secret {secret} (for env {name}) was not provided to the step",
+                    step=ctx.instance,
+                    category="permanent",
+                )
             env[name] = ctx.env[secret]
     return env
 
@@ -172,12 +186,20 @@ def _environment(ctx: StepContext, declared: Mapping[str, Any]) -> dict[str, str
 async def _start(ctx: StepContext, launch: _Launch) -> Process:
     try:
         return await anyio.open_process(
-            launch.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=launch.cwd, env=launch.env, start_new_session=True,
+            launch.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=launch.cwd,
+            env=launch.env,
+            start_new_session=True,
         )
     except FileNotFoundError:
-        where = ("relative to the working folder" if "/" in launch.argv[0]
-                 else f"on PATH ({launch.env.get('PATH', os.defpath)})")
+        where = (
+            "relative to the working folder"
+            if "/" in launch.argv[0]
+            else f"on PATH ({launch.env.get('PATH', os.defpath)})"
+        )
         reason = f"program '{launch.argv[0]}' was not found {where}"
     except PermissionError:
         reason = f"program '{launch.argv[0]}' is not executable (permission denied)"
@@ -376,15 +398,19 @@ def _exit_failure(ctx: StepContext, program: str, code: int, tail: deque[str]) -
 
 def _success(ctx: StepContext, out: _Stream, drained: bool) -> StepResult:
     stdout = ctx.redactor.text(out.head.decode("utf-8", "replace"))
-    detail: dict[str, Any] = {"exit_code": 0, "stdout_bytes": out.total,
-                              "stdout_dropped_bytes": out.dropped}
+    detail: dict[str, Any] = {
+        "exit_code": 0,
+        "stdout_bytes": out.total,
+        "stdout_dropped_bytes": out.dropped,
+    }
     if not drained:
         detail["output_pipes_held_open"] = True
     if out.file_failed:
         detail["stdout_log_incomplete"] = True
     # a truncated head may still parse ("12" of "1234"), so it is never a result
-    return StepResult(result=_parse_json(stdout) if not out.dropped else None,
-                      stdout=stdout, detail=detail)
+    return StepResult(
+        result=_parse_json(stdout) if not out.dropped else None, stdout=stdout, detail=detail
+    )
 
 
 def _parse_json(text: str) -> Any:

@@ -168,7 +168,8 @@ class _Facts:
             "tiny_ratio": _lit(1 / self.weights[self.probe][0]),
             "off_balance_cases": "".join(
                 f"    ({k!r}, {_lit(_EXPOSURE * f * owed)}),\n"
-                for k, (f, _) in self.factors.items() if f > 0
+                for k, (f, _) in self.factors.items()
+                if f > 0
             ),
             "weight_cases": "".join(
                 f"    pytest.param({k!r}, {_lit(w)}, id={f'{b}-{k}'!r}),\n"

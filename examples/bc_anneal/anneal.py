@@ -30,8 +30,10 @@ def cosine_schedule(epochs: int, lr_max: float, lr_min: float) -> list[float]:
         raise ValueError("epochs must be at least 1")
     if epochs == 1:
         return [lr_max]
-    return [lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * e / (epochs - 1))) / 2
-            for e in range(epochs)]
+    return [
+        lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * e / (epochs - 1))) / 2
+        for e in range(epochs)
+    ]
 
 
 def anneal(
@@ -82,6 +84,7 @@ def anneal(
         "summary_path": (out / "summary.json").as_posix(),
     }
     pol.save(weights, policy_out, accuracy=summary["accuracy"], annealed_from=policy)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n",
-                                      encoding="utf-8")
+    (out / "summary.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return summary

@@ -46,8 +46,17 @@ def generate(rows: int = 400, seed: int = 20240607, noise: float = 0.02) -> list
             recorded = action
             if rng.random() < noise:
                 recorded = rng.choice([a for a in ACTIONS if a != action])
-            out.append({"episode": episode, "t": t, "x": x, "y": y,
-                        "goal_x": goal_x, "goal_y": goal_y, "action": recorded})
+            out.append(
+                {
+                    "episode": episode,
+                    "t": t,
+                    "x": x,
+                    "y": y,
+                    "goal_x": goal_x,
+                    "goal_y": goal_y,
+                    "action": recorded,
+                }
+            )
             step_x, step_y = _MOVES[action]
             x, y, t = x + step_x, y + step_y, t + 1
         episode += 1

@@ -17,7 +17,15 @@ from typing import Any
 from examples.bc_anneal.data import ACTIONS, GRID
 
 __all__ = [
-    "Policy", "accuracy", "features", "load", "mean_loss", "predict", "save", "sgd_epoch", "zeros",
+    "Policy",
+    "accuracy",
+    "features",
+    "load",
+    "mean_loss",
+    "predict",
+    "save",
+    "sgd_epoch",
+    "zeros",
 ]
 
 Policy = list[list[float]]
@@ -67,8 +75,9 @@ def mean_loss(policy: Policy, rows: list[dict[str, Any]]) -> float:
     return total / len(rows)
 
 
-def sgd_epoch(policy: Policy, rows: list[dict[str, Any]], learning_rate: float,
-              rng: random.Random) -> Policy:
+def sgd_epoch(
+    policy: Policy, rows: list[dict[str, Any]], learning_rate: float, rng: random.Random
+) -> Policy:
     """One pass over `rows` in a shuffled order; returns the updated policy (a new list)."""
     weights = [list(row) for row in policy]
     order = list(range(len(rows)))

@@ -49,7 +49,15 @@ def train_behaviour_cloning(
         "eval_rows": len(evaluation),
         "model_path": model_out,
     }
-    pol.save(weights, model_out, data_sha256=file_sha256(data), seed=seed, epochs=epochs,
-             learning_rate=learning_rate, decay=decay, eval_fraction=eval_fraction,
-             accuracy=result["accuracy"])
+    pol.save(
+        weights,
+        model_out,
+        data_sha256=file_sha256(data),
+        seed=seed,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        decay=decay,
+        eval_fraction=eval_fraction,
+        accuracy=result["accuracy"],
+    )
     return result
