@@ -25,7 +25,10 @@ PY = os.path.join(BIN, "python")
 LOCK = os.path.join(ROOT, "requirements.lock")
 STAMP = os.path.join(VENV, ".blocks-installed")
 
-DEMO = [["blocks", "validate", "pipelines", "runbooks"]]
+DEMO = [
+    ["blocks", "validate", "pipelines", "runbooks"],
+    ["blocks", "run", "pipelines/basel-attestation.yaml"],
+]
 TEST = [
     ["ruff", "check", "engine", "tests", "bench", "examples", "dev.py"],
     ["mypy"],

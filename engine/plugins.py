@@ -68,6 +68,8 @@ class StepContext:
     redactor: Redactor
     log: Callable[[str, str], None]
     """`log(stream, line)`: stream a line of output (already redacted by the executor)."""
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    """Objects shared by every step of the run, by name (`"llm"`: the provider gateway)."""
 
 
 @runtime_checkable

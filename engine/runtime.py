@@ -110,6 +110,30 @@ class Runtime:
     def redactor_for(self, flow: Flow) -> Redactor:
         return Redactor(self.secrets_for(flow).values())
 
+    def _resources(self, plan: Plan, redactor: Redactor) -> dict[str, Any]:
+        """The provider gateway, for flows with llm steps (shared by all steps of the run)."""
+        flow = plan.flow
+        if not any(s.spec.kind == "llm" for s in plan.steps.values()):
+            return {}
+        from engine.providers import Gateway, provider_of  # noqa: PLC0415
+        from engine.providers.budget import Budget, Ledger  # noqa: PLC0415
+        from engine.providers.circuits import CircuitBoard  # noqa: PLC0415
+        from engine.providers.ratelimit import RateLimits  # noqa: PLC0415
+
+        limits: dict[str, tuple[int | None, int | None]] = {}
+        for route in flow.models.values():
+            if route.rpm or route.tpm:
+                limits[provider_of(route.model)] = (route.rpm, route.tpm)
+        gateway = Gateway(
+            flow.models,
+            circuits=CircuitBoard(self.settings.state_dir / "circuits.json"),
+            limits=RateLimits(limits),
+            budget=Budget(flow.limits.budget_usd, flow.limits.budget_tokens, name="run"),
+            ledger=Ledger(),
+            redactor=redactor,
+        )
+        return {"llm": gateway}
+
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id
 
@@ -161,12 +185,14 @@ class Runtime:
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         redactor = self.redactor_for(flow)
+        resources = self._resources(plan, redactor)
         executor = LocalExecutor(
             cache=StepCache(self.settings.cache_dir),
             redactor=redactor,
             secrets=self.secrets_for(flow),
             on_event=on_event,
             faults=Faults(self.environ.get("BLOCKS_FAULTS", "")),
+            resources=resources,
         )
         if executor_hook is not None:
             executor_hook(executor)

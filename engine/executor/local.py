@@ -103,6 +103,7 @@ class LocalExecutor:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         faults: Faults | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.cache = cache
         self.redactor = redactor
@@ -111,6 +112,7 @@ class LocalExecutor:
         self.clock: Clock = clock or RealClock()
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not cryptography)
         self.faults = faults or Faults()
+        self.resources = dict(resources or {})
         self._active: _Run | None = None
 
     def stop(self, signum: int) -> None:
@@ -481,6 +483,7 @@ class _Run:
             env=env,
             redactor=self.x.redactor,
             log=self._logger(ps.id, instance),
+            resources=self.x.resources,
         )
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         try:

@@ -87,6 +87,10 @@ class ModelRoute(SpecModel):
     """Spend limit for this route within one run."""
     degrade_to: Identifier | None = None
     """Route to use when this one's budget is spent, instead of failing."""
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    """Requests per minute to this route's provider, shared by every step of a run."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    """Tokens per minute to this route's provider, shared by every step of a run."""
 
 
 class Limits(SpecModel):

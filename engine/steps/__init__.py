@@ -48,7 +48,8 @@ def file_digest(path: Path) -> str | None:
 
 def builtin_step_kinds() -> list[StepKind]:
     """One instance of each built-in kind, for the runtime to register."""
-    from engine.steps.python import PythonKind  # noqa: PLC0415 - see the module docstring
+    from engine.steps.llm import LlmKind  # noqa: PLC0415 - see the module docstring
+    from engine.steps.python import PythonKind  # noqa: PLC0415
     from engine.steps.shell import ShellKind  # noqa: PLC0415
 
-    return [ShellKind(), PythonKind()]
+    return [ShellKind(), PythonKind(), LlmKind()]
