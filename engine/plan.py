@@ -18,10 +18,10 @@ from engine import expressions as ex
 from engine.errors import UsageError
 from engine.graph import StepGraph
 from engine.loader import LoadedDocument
-from engine.plugins import Registry, StepKind
-from engine.spec import Flow, Retry, Step
+from engine.plugins import GateKind, Registry, StepKind
+from engine.spec import GATE_METRICS, Flow, Gate, MetricGate, Retry, Step
 
-__all__ = ["Plan", "PlannedStep", "build_plan", "coerce_inputs"]
+__all__ = ["Plan", "PlannedGate", "PlannedStep", "build_plan", "coerce_inputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,21 @@ class PlannedStep:
     timeout: float | None
     cache: bool
     idempotent: bool
+    spec_dump: Mapping[str, Any]
+    """The step's fields as JSON-able data, computed once (the cache key hashes it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedGate:
+    id: str
+    spec: Gate
+    kind: GateKind | None
+    """None when no kind of that name is registered: the gate is reported, not skipped."""
+    after: tuple[str, ...]
+    require: ex.Program
+    metrics_read: tuple[str, ...]
+    """The metric names `require` reads, in order: the explanation shows their values."""
+    blocker: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +64,9 @@ class Plan:
     project_root: Path
     order: tuple[str, ...]
     steps: Mapping[str, PlannedStep]
+    gates: Mapping[str, PlannedGate]
+    gate_waits: Mapping[str, tuple[str, ...]]
+    """Step id -> the blocker gates it waits for: those that run after one of its ancestors."""
 
     def graph(self) -> StepGraph:
         return StepGraph({sid: list(s.needs) for sid, s in self.steps.items()})
@@ -77,9 +95,41 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
             timeout=step.timeout,
             cache=step.cache if step.cache is not None else step.idempotent,
             idempotent=step.idempotent,
+            spec_dump=step.model_dump(by_alias=True),
         )
+    gates = {gid: _plan_gate(gid, gate, registry) for gid, gate in flow.gates.items()}
+    waits = {
+        sid: tuple(
+            gid for gid, g in gates.items() if g.blocker and set(g.after) & graph.ancestors(sid)
+        )
+        for sid in order
+    }
     digest = "sha256:" + hashlib.sha256(doc.raw).hexdigest()
-    return Plan(flow, doc.path, digest, project_root, order, planned)
+    return Plan(flow, doc.path, digest, project_root, order, planned, gates, waits)
+
+
+def _plan_gate(gid: str, gate: Gate, registry: Registry) -> PlannedGate:
+    after = (gate.after,) if isinstance(gate.after, str) else tuple(gate.after)
+    declared = (
+        list(gate.metrics)
+        if isinstance(gate, MetricGate)
+        else list(GATE_METRICS.get(gate.kind, {}))
+    )
+    env: dict[str, ex.CelType] = dict.fromkeys(declared, ex.DYN)
+    env["baseline"] = ex.DYN
+    names: list[str] = []
+    for ref in ex.check_expression(gate.require, env).references:
+        if ref.path and ref.path[0] != "baseline" and ref.path[0] not in names:
+            names.append(ref.path[0])
+    return PlannedGate(
+        id=gid,
+        spec=gate,
+        kind=registry.find_gate_kind(gate.kind),
+        after=after,
+        require=ex.compile_expression(gate.require),
+        metrics_read=tuple(names),
+        blocker=gate.severity == "blocker",
+    )
 
 
 def _strings(value: Any) -> Iterator[str]:

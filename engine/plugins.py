@@ -17,6 +17,9 @@ from engine.redact import Redactor
 
 __all__ = [
     "ENTRY_POINT_GROUPS",
+    "GateContext",
+    "GateKind",
+    "Measurement",
     "Registry",
     "Render",
     "StepContext",
@@ -97,11 +100,70 @@ class StepKind(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """What a gate kind measured. The engine, not the kind, turns it into a verdict: it
+    evaluates the gate's `require` over `metrics` and applies the no-data policy."""
+
+    metrics: Mapping[str, Any]
+    """By name, as GATE_METRICS declares them; a metric that could not be measured is absent
+    (or NaN), which never passes."""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    """For the record: tool name and version, digests of the inputs, findings with file:line,
+    survivors, violations with JSON paths..."""
+    summary: str = ""
+    """One line a person reads first ("71.4 % of 212 lines; 3 files under the 60 % floor")."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateContext:
+    """Everything a gate kind may use while measuring."""
+
+    run_id: str
+    gate_id: str
+    project_root: Path
+    workdir: Path
+    """A folder of this gate's own (exists) for reports and scratch files."""
+    redactor: Redactor
+    render: Render
+    """Renders `${{ }}` over inputs and the outputs of the steps the gate runs after."""
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    """`"llm"`: the provider gateway (for review gates)."""
+
+
+@runtime_checkable
+class GateKind(Protocol):
+    """One kind of gate (`contract`, `coverage`, `mutation`, `security`, `review`, `metric`).
+
+    Runs the real tool and parses its real output. Raises `engine.errors.GateError` only when
+    the gate itself cannot run (a missing report is a measurement without the metric)."""
+
+    name: str
+
+    def measure(self, ctx: GateContext, gate: Any) -> Awaitable[Measurement]: ...
+
+
 class Registry:
     """Step kinds by name. Built by `engine.runtime` and passed down: no global registry."""
 
     def __init__(self) -> None:
         self._steps: dict[str, StepKind] = {}
+        self._gates: dict[str, GateKind] = {}
+
+    def add_gate_kind(self, kind: GateKind) -> None:
+        if kind.name in self._gates:
+            raise PluginError(f"gate kind '{kind.name}' is registered twice")
+        self._gates[kind.name] = kind
+
+    def find_gate_kind(self, name: str) -> GateKind | None:
+        return self._gates.get(name)
+
+    def gate_kind(self, name: str) -> GateKind:
+        try:
+            return self._gates[name]
+        except KeyError:
+            known = ", ".join(sorted(self._gates)) or "none"
+            raise PluginError(f"no gate kind '{name}' is registered (known: {known})") from None
 
     def add_step_kind(self, kind: StepKind) -> None:
         if kind.name in self._steps:

@@ -78,6 +78,15 @@ class Progress:
         ):
             self.running.discard(step)
             self._finished(event.split(".", 1)[1], record)
+        elif event == "gate.evaluated":
+            mark = {"pass": "✓", "fail": "✗", "inconclusive": "?"}.get(str(record.get("status")))
+            severity = "" if record.get("severity") == "blocker" else " (warn)"
+            self._line(
+                f"  {mark} gate {record.get('gate')!s:<15} {record.get('status')}{severity}: "
+                f"{record.get('explanation')}"
+            )
+        elif event == "gate.skipped":
+            self._line(f"  · gate {record.get('gate')!s:<15} skipped: {record.get('reason')}")
         elif event == "step.retrying":
             self._line(
                 f"  ↻ {step:<20} retrying in {format_duration(float(record['delay']))}: "

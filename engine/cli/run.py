@@ -117,6 +117,11 @@ def run(
         for state in outcome.steps.values():
             counts[state.status] = counts.get(state.status, 0) + 1
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        verdicts: dict[str, int] = {}
+        for verdict in outcome.gates.values():
+            verdicts[verdict] = verdicts.get(verdict, 0) + 1
+        if verdicts:
+            shown += "; gates: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
         typer.echo(
             f"run {outcome.run_id} {outcome.status} in {format_duration(outcome.duration)}: {shown}"
         )

@@ -127,7 +127,7 @@ def key_for_step(
         code_digests[ps.id] = ps.kind.code_digest(ps.spec, plan.project_root)
     return step_key(
         kind=ps.spec.kind,
-        spec=ps.spec.model_dump(by_alias=True),
+        spec=ps.spec_dump,
         resolved=resolved,
         code_digest=code_digests[ps.id],
         upstream=upstream,

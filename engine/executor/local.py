@@ -29,8 +29,9 @@ from engine.executor.cache import CacheEntry, StepCache, digest_json, key_for_st
 from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter
 from engine.executor.outputs import extract_outputs, render_value
+from engine.executor.verdicts import Verdict, run_gate
 from engine.plan import Plan, PlannedStep
-from engine.plugins import StepContext, StepResult
+from engine.plugins import GateContext, StepContext, StepResult
 from engine.redact import Redactor
 from engine.spec import Retry, SecretRef
 
@@ -85,6 +86,7 @@ class RunOutcome:
     duration: float
     signal: int | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    gates: dict[str, str] = field(default_factory=dict)
 
 
 Event = Callable[[dict[str, Any]], None]
@@ -164,6 +166,12 @@ class _Run:
             sid: sum(1 for d in plan.steps[sid].needs if self.state[d].status not in DONE)
             for sid in plan.order
         }
+        self.gates: dict[str, str] = dict.fromkeys(plan.gates, "pending")
+        self.gate_remaining = {
+            gid: sum(1 for a in g.after if self.state[a].status not in DONE)
+            for gid, g in plan.gates.items()
+        }
+        self.waiting = {sid: set(plan.gate_waits.get(sid, ())) for sid in plan.order}
         self.limiter = anyio.CapacityLimiter(plan.flow.limits.concurrency)
         self.scope: anyio.CancelScope | None = None
         self.signal: int | None = None
@@ -203,10 +211,12 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
                 self.journal.start_flusher(tg)
+                for gid, left in self.gate_remaining.items():
+                    if left == 0:
+                        self._start_gate(gid)
                 for sid in self.plan.order:
-                    if self.state[sid].status not in DONE and self.remaining[sid] == 0:
-                        tg.start_soon(self._step, sid)
-                if all(s.status in DONE for s in self.state.values()):
+                    self._start_if_ready(sid)
+                if self._all_settled():
                     tg.cancel_scope.cancel()
                 else:
                     await self._wait_steps()
@@ -218,6 +228,10 @@ class _Run:
         elif (
             any(s.status == "failed" and not self._tolerated(sid) for sid, s in self.state.items())
             or not self._all_settled()
+            or any(
+                self.plan.gates[g].blocker and v in ("fail", "inconclusive")
+                for g, v in self.gates.items()
+            )
         ):
             status = "failed"
         else:
@@ -233,10 +247,83 @@ class _Run:
                 outputs=outputs,
             )
             await self.journal.commit()
-        return RunOutcome(self.options.run_id, status, self.state, duration, self.signal, outputs)
+        return RunOutcome(
+            self.options.run_id,
+            status,
+            self.state,
+            duration,
+            self.signal,
+            outputs,
+            dict(self.gates),
+        )
 
     def _all_settled(self) -> bool:
-        return all(s.status not in ("pending", "running") for s in self.state.values())
+        return all(s.status not in ("pending", "running") for s in self.state.values()) and all(
+            g not in ("pending", "running") for g in self.gates.values()
+        )
+
+    def _start_if_ready(self, sid: str) -> None:
+        if (
+            self.state[sid].status == "pending"
+            and self.remaining[sid] == 0
+            and not self.waiting[sid]
+        ):
+            self.state[sid].status = "running"
+            self.tg.start_soon(self._step, sid)
+
+    # ---- gates ---------------------------------------------------------------------
+
+    def _start_gate(self, gid: str) -> None:
+        if self.gates[gid] == "pending":
+            self.gates[gid] = "running"
+            self.tg.start_soon(self._gate, gid)
+
+    def _gate_after_done(self, sid: str, ok: bool) -> None:
+        for gid, gate in self.plan.gates.items():
+            if sid not in gate.after or self.gates[gid] != "pending":
+                continue
+            if ok:
+                self.gate_remaining[gid] -= 1
+                if self.gate_remaining[gid] == 0:
+                    self._start_gate(gid)
+            else:
+                self.gates[gid] = "skipped"
+                self.record("gate.skipped", gate=gid, reason=f"'{sid}' did not succeed")
+                self._release(gid, passed=False)
+
+    async def _gate(self, gid: str) -> None:
+        gate = self.plan.gates[gid]
+        activation = {**self.activation_base, "steps": dict(self.scope_steps)}
+        ctx = GateContext(
+            run_id=self.options.run_id,
+            gate_id=gid,
+            project_root=self.plan.project_root,
+            workdir=self.run_dir / "gates" / gid,
+            redactor=self.x.redactor,
+            render=lambda v: render_value(v, activation),
+            resources=self.x.resources,
+        )
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        self.record("gate.started", gate=gid, kind=gate.spec.kind)
+        try:
+            verdict = await run_gate(gate, ctx)
+        except Exception as exc:
+            verdict = Verdict("inconclusive", f"{gid}: {type(exc).__name__}: {exc}")
+        self.gates[gid] = verdict.status
+        self.record("gate.evaluated", **verdict.as_record(gate))
+        self._release(gid, passed=verdict.status == "pass")
+        self._check_settled()
+
+    def _release(self, gid: str, *, passed: bool) -> None:
+        """A blocker that did not pass stops what waits for it; otherwise they may go on."""
+        for sid, waits in self.waiting.items():
+            if gid not in waits:
+                continue
+            waits.discard(gid)
+            if passed or not self.plan.gates[gid].blocker:
+                self._start_if_ready(sid)
+            else:
+                self._block(sid, f"gate {gid}")
 
     def _tolerated(self, sid: str) -> bool:
         return self.plan.steps[sid].spec.continue_on_failure
@@ -254,7 +341,6 @@ class _Run:
     async def _step(self, sid: str) -> None:
         ps = self.plan.steps[sid]
         state = self.state[sid]
-        state.status = "running"
         try:
             await self._step_body(ps, state)
         except anyio.get_cancelled_exc_class():
@@ -272,11 +358,11 @@ class _Run:
         if state.status == "cancelled":
             self._check_settled()
             return
+        self._gate_after_done(sid, ok)
         for dep in self.plan.steps[sid].dependents:
             if ok:
                 self.remaining[dep] -= 1
-                if self.remaining[dep] == 0 and self.state[dep].status == "pending":
-                    self.tg.start_soon(self._step, dep)
+                self._start_if_ready(dep)
             else:
                 self._block(dep, sid)
         self._check_settled()
@@ -286,8 +372,13 @@ class _Run:
         if state.status != "pending":
             return
         state.status = "blocked"
-        state.reason = f"not run: '{because}' did not succeed"
+        state.reason = (
+            f"not run: {because} did not pass"
+            if because.startswith("gate ")
+            else f"not run: '{because}' did not succeed"
+        )
         self.record("step.blocked", step=sid, reason=state.reason)
+        self._gate_after_done(sid, ok=False)
         for dep in self.plan.steps[sid].dependents:
             self._block(dep, sid)
 
