@@ -18,6 +18,7 @@ The tree (the CLI maps each branch to one exit code, see `engine.cli.EXIT_CODES`
     │   └── StepCancelled
     ├── ProviderError               translated once at the litellm boundary
     │   ├── TransientProviderError  may be retried
+    │   │   └── RateLimitedError    429: slow down; not a sign the provider is down
     │   └── PermanentProviderError  never retried
     ├── BundleError
     │   ├── TamperError             a digest does not match
@@ -43,6 +44,7 @@ __all__ = [
     "PermanentProviderError",
     "PluginError",
     "ProviderError",
+    "RateLimitedError",
     "Severity",
     "SourceLocation",
     "SpecError",
@@ -182,6 +184,10 @@ class TransientProviderError(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimitedError(TransientProviderError):
+    """HTTP 429 (not a spend limit). Retried after Retry-After; does not trip a circuit."""
 
 
 class PermanentProviderError(ProviderError):

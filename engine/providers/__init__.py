@@ -19,7 +19,12 @@ from typing import Any
 
 import anyio
 
-from engine.errors import PermanentProviderError, ProviderError, TransientProviderError
+from engine.errors import (
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
 from engine.providers.budget import Budget, BudgetExceeded, Ledger, LedgerEntry
 from engine.providers.circuits import CircuitBoard
 from engine.providers.ratelimit import RateLimits
@@ -162,6 +167,9 @@ class Gateway:
         last: ProviderError | None = None
         for model in chain:
             provider = provider_of(model)
+            # the budget first: a refusal must not use up a half-open circuit's one trial
+            tokens = _estimate_tokens(messages)
+            spend.check(self._estimate_usd(model, tokens), tokens)
             if not self.circuits.allow(provider):
                 self._ledger(
                     step,
@@ -223,7 +231,7 @@ class Gateway:
     ) -> ChatReply:
         retry = route.retry or _DEFAULT_RETRY
         provider = provider_of(model)
-        estimate_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 256
+        estimate_tokens = _estimate_tokens(messages)
         for attempt in range(1, retry.attempts + 1):
             budget.check(self._estimate_usd(model, estimate_tokens), estimate_tokens)
             await self.limits.limiter(provider).acquire(estimate_tokens)
@@ -231,7 +239,8 @@ class Gateway:
             try:
                 reply = await self._call(route, route_name, model, messages, schema, deadline)
             except TransientProviderError as exc:
-                self.circuits.record_failure(provider)
+                if not isinstance(exc, RateLimitedError):  # throttled is not down
+                    self.circuits.record_failure(provider)
                 if exc.retry_after:
                     self.limits.limiter(provider).penalize(exc.retry_after)
                 self._ledger(
@@ -364,6 +373,11 @@ class Gateway:
         )
 
 
+def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Roughly four characters a token, plus room for the answer: a budget check, not a bill."""
+    return sum(len(str(m.get("content", ""))) for m in messages) // 4 + 256
+
+
 def _backoff(retry: Retry, attempt: int, retry_after: float | None) -> float:
     base = retry.initial * (2 ** (attempt - 1) if retry.backoff == "exponential" else 1)
     delay = min(base, retry.max)
@@ -422,7 +436,7 @@ def _translate(exc: Exception, model: str, redactor: Redactor) -> ProviderError:
                 f"{provider} refused {model}: spend limit or quota reached for the key in "
                 f"{key_env_name(provider)} (HTTP 429)"
             )
-        return TransientProviderError(
+        return RateLimitedError(
             f"{model} is rate limited (HTTP 429)", retry_after=_retry_after(exc)
         )
     if name in ("ContentPolicyViolationError",) or "content_filter" in text:

@@ -107,13 +107,15 @@ class _BadState(ValueError):
     """The state file (or one entry of it) does not have the documented shape."""
 
 
-def _number(value: object, what: str, *, optional: bool = True) -> float | None:
+def _time(value: object, what: str) -> float:
     # bool is an int to Python, but `true` is no timestamp.
-    if value is None and optional:
-        return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _BadState(f"{what} is not a number: {value!r}")
     return float(value)
+
+
+def _number(value: object, what: str) -> float | None:
+    return None if value is None else _time(value, what)
 
 
 def _text(value: object, what: str) -> str | None:
@@ -136,9 +138,7 @@ def _circuit_from_json(raw: object) -> _Circuit:
         raise _BadState(f"manual is not a boolean: {manual!r}")
     circuit = _Circuit(
         state=state,
-        failures=sorted(
-            float(_number(t, "a failure time", optional=False) or 0.0) for t in failures
-        ),
+        failures=sorted(_time(t, "a failure time") for t in failures),
         opened_at=_number(raw.get("opened_at"), "opened_at"),
         trial_at=_number(raw.get("trial_at"), "trial_at"),
         manual=manual,
@@ -200,6 +200,7 @@ class CircuitBoard:
         self._unsaved: set[str] = set()  # providers changed in memory whose write failed
         # Human-readable reports of state that could not be read or written, oldest first.
         self.problems: list[str] = []
+        self._last_problem: str | None = None
         if path is not None:
             self._reload(_signature(path), force=True)
 
@@ -453,6 +454,7 @@ class CircuitBoard:
             os.close(dir_fd)
         self._seen = _signature(path)
         self._unsaved.clear()
+        self._last_problem = None  # saving works again: report the next failure afresh
 
     @staticmethod
     @contextlib.contextmanager
@@ -470,5 +472,9 @@ class CircuitBoard:
             os.close(fd)  # releases the flock
 
     def _report(self, message: str) -> None:
+        # A lasting problem (a full disk) would otherwise repeat on every call.
+        if message == self._last_problem:
+            return
+        self._last_problem = message
         self.problems.append(message)
         _log.warning("%s", message)
