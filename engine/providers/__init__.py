@@ -431,7 +431,9 @@ def _translate(exc: Exception, model: str, redactor: Redactor) -> ProviderError:
             f"check that variable"
         )
     if status == 429 or name == "RateLimitError":
-        if any(marker in text.lower() for marker in _SPEND_LIMIT):
+        body = getattr(exc, "body", None)
+        code = str(body.get("code", "")) if isinstance(body, Mapping) else ""
+        if code == "insufficient_quota" or any(m in text.lower() for m in _SPEND_LIMIT):
             return PermanentProviderError(
                 f"{provider} refused {model}: spend limit or quota reached for the key in "
                 f"{key_env_name(provider)} (HTTP 429)"
