@@ -62,6 +62,8 @@ class Progress:
             return
         step = str(record.get("step", ""))
         instance = str(record.get("instance", step))
+        if event == "step.succeeded":
+            self.cost += float(record.get("cost_usd") or 0.0)
         if event == "step.started" and instance == step:
             self.running.add(step)
         elif (

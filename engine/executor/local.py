@@ -67,6 +67,9 @@ class StepState:
     reason: str | None = None
     cached_from: str | None = None
     result_digest: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -584,6 +587,9 @@ class _Run:
             state.outputs = extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
             state.result = result.result
             state.result_digest = digest_json(result.result)
+            state.detail = dict(result.detail)
+            state.cost_usd = result.cost_usd
+            state.tokens = result.tokens
             return None
         except StepFailed as exc:
             return str(exc), exc.category, exc.retry_after
@@ -646,6 +652,9 @@ class _Run:
             duration=round(state.duration, 6),
             key=key,
             result_digest=state.result_digest,
+            detail=state.detail,
+            cost_usd=state.cost_usd,
+            tokens=state.tokens,
         )
         if key is not None:
             self.x.cache.put(
