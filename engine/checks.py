@@ -294,14 +294,14 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
                 hint=did_you_mean(route.degrade_to, flow.models),
             )
     _check_needs(ctx, {sid: list(s.needs) for sid, s in steps.items()})
+    # one type for the whole `steps` namespace: a per-step copy is quadratic in big flows;
+    # a step reading itself is reported by _refs
+    all_steps = ex.ObjectType(step_types, what="step")
+    known = frozenset(steps)
     for sid, step in steps.items():
         base: Path = ("steps", sid)
         upstream = graph.ancestors(sid)
-        env: dict[str, ex.CelType] = {
-            "inputs": inputs,
-            "steps": ex.ObjectType({k: step_types[k] for k in steps if k != sid}, what="step"),
-            "run": _RUN_TYPE,
-        }
+        env: dict[str, ex.CelType] = {"inputs": inputs, "steps": all_steps, "run": _RUN_TYPE}
         if step.for_each is not None:
             env[step.for_each.as_] = ex.DYN
             items = step.for_each.items
@@ -312,7 +312,7 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
                     sid,
                     upstream,
                     (*base, "for_each", "items"),
-                    frozenset(steps),
+                    known,
                 )
             elif not isinstance(items, list):
                 ctx.error(
@@ -322,8 +322,8 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
                 )
         if step.when is not None:
             result = ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
-            _refs(ctx, [_Checked(result)], sid, upstream, (*base, "when"), frozenset(steps))
-        _check_step_kind(ctx, flow, sid, step, env, upstream)
+            _refs(ctx, [_Checked(result)], sid, upstream, (*base, "when"), known)
+        _check_step_kind(ctx, flow, sid, step, env, upstream, known)
     for cycle in graph.cycles():
         _report_cycle(ctx, cycle)
     _check_gates(ctx, flow, step_types, inputs)
@@ -377,9 +377,18 @@ def _refs(
             if len(ref.path) < 2 or ref.path[0] != "steps":
                 continue
             other = ref.path[1]
-            if other in upstream or other == sid or other in seen or other not in known:
+            if other in upstream or other in seen or other not in known:
                 continue
             seen.add(other)
+            if other == sid:
+                ctx.reference_error(
+                    "ref.self",
+                    f"step '{sid}' reads its own outputs, which do not exist yet",
+                    path,
+                    item.offset + ref.offset,
+                    "read an upstream step instead",
+                )
+                continue
             ctx.reference_error(
                 "ref.not-upstream",
                 f"step '{sid}' reads steps.{other} but does not wait for it",
@@ -423,10 +432,10 @@ def _check_step_kind(
     step: Any,
     env: Mapping[str, ex.CelType],
     upstream: frozenset[str],
+    known: frozenset[str],
 ) -> None:
     base: Path = ("steps", sid)
 
-    known = frozenset(flow.steps)
 
     def template(text: str, path: Path) -> None:
         _refs(ctx, ctx.template(text, path, env), sid, upstream, path, known)

@@ -295,9 +295,12 @@ def _has_irregular_scalar(text: str) -> bool:
     return False
 
 
-# A tag, anchor or alias at the start of a node. Also matches `!flag` in CEL text and the
-# like: a candidate only means the ryml tree is scanned for the real thing.
-_NODE_PROPERTY = re.compile(rb"[!&*][^\s=&,\]}]")
+# A tag, anchor or alias where a node can start: at the start of a line (after indentation and
+# list dashes), after `: `, or after a flow indicator. `!x` inside a quoted CEL expression
+# (`a && !b`) does not match; a rare false positive only costs a scan of the ryml tree.
+_NODE_PROPERTY = re.compile(
+    rb"(?:^[ \t]*(?:-[ \t]+)*|:[ \t]+|[\[{,][ \t]*)[!&*][^\s=&,\]}]", re.MULTILINE
+)
 
 
 # ---------------------------------------------------------------------------------------
