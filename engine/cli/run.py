@@ -284,11 +284,7 @@ def runs_show(
 def _as_outcome(summary: Any) -> Any:
     from engine.executor.local import RunOutcome  # noqa: PLC0415
 
-    status = (
-        summary.status
-        if summary.status in ("succeeded", "failed", "cancelled", "timed_out")
-        else "failed"
-    )
+    status = summary.status  # "interrupted" too: runs show says what the journal says
     return RunOutcome(summary.run_id, cast(Any, status), summary.steps, 0.0, None, summary.outputs)
 
 

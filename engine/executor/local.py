@@ -586,7 +586,8 @@ class _Run:
                 result: StepResult = await ps.kind.run(ctx, resolved)
             state.outputs = extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
             state.result = result.result
-            state.result_digest = digest_json(result.result)
+            # outputs too: a shell step's value may live in its stdout, not its result
+            state.result_digest = digest_json({"result": result.result, "outputs": state.outputs})
             state.detail = dict(result.detail)
             state.cost_usd = result.cost_usd
             state.tokens = result.tokens
