@@ -436,7 +436,6 @@ def _check_step_kind(
 ) -> None:
     base: Path = ("steps", sid)
 
-
     def template(text: str, path: Path) -> None:
         _refs(ctx, ctx.template(text, path, env), sid, upstream, path, known)
 

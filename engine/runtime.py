@@ -34,6 +34,7 @@ from engine.plan import Plan, build_plan, coerce_inputs
 from engine.plugins import Registry
 from engine.redact import Redactor
 from engine.spec import Flow
+from engine.gates import builtin_gate_kinds
 from engine.steps import builtin_step_kinds
 from engine.validate import load_spec
 
@@ -83,6 +84,8 @@ def build_registry() -> Registry:
     registry = Registry()
     for kind in builtin_step_kinds():
         registry.add_step_kind(kind)
+    for gate in builtin_gate_kinds():
+        registry.add_gate_kind(gate)
     return registry
 
 
@@ -113,7 +116,10 @@ class Runtime:
     def _resources(self, plan: Plan, redactor: Redactor) -> dict[str, Any]:
         """The provider gateway, for flows with llm steps (shared by all steps of the run)."""
         flow = plan.flow
-        if not any(s.spec.kind == "llm" for s in plan.steps.values()):
+        uses_llm = any(s.spec.kind == "llm" for s in plan.steps.values()) or any(
+            g.spec.kind == "review" for g in plan.gates.values()
+        )
+        if not uses_llm:
             return {}
         from engine.providers import Gateway, provider_of  # noqa: PLC0415
         from engine.providers.budget import Budget, Ledger  # noqa: PLC0415
