@@ -30,11 +30,11 @@ from engine.executor.journal import JournalWriter, read_journal
 from engine.executor.local import LocalExecutor, RunOptions, RunOutcome
 from engine.executor.lock import RunLock
 from engine.executor.state import RunSummary, replay, resumable
+from engine.gates import builtin_gate_kinds
 from engine.plan import Plan, build_plan, coerce_inputs
 from engine.plugins import Registry
 from engine.redact import Redactor
 from engine.spec import Flow
-from engine.gates import builtin_gate_kinds
 from engine.steps import builtin_step_kinds
 from engine.validate import load_spec
 

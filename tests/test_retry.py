@@ -71,8 +71,8 @@ def run_step(project: Path, step: dict[str, Any], *, seed: int = 0) -> Ran:
         secrets={},
         on_event=sink,
         clock=clock,
-        rng=random.Random(seed),
-    )  # noqa: S311  (jitter under test)
+        rng=random.Random(seed),  # noqa: S311  (jitter under test)
+    )
     run_dir = project / ".blocks" / "runs" / f"retry-{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -10,7 +10,6 @@ import re
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-import pytest
 from conftest import Project, events, pid_gone, seq_of
 
 TRICKY = (
