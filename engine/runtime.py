@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter, read_journal
 from engine.executor.local import LocalExecutor, RunOptions, RunOutcome
 from engine.executor.lock import RunLock
+from engine.executor.outputs import render_value
 from engine.executor.state import RunSummary, replay, resumable
+from engine.executor.verdicts import Verdict, run_gate
 from engine.gates import builtin_gate_kinds
-from engine.plan import Plan, build_plan, coerce_inputs
-from engine.plugins import Registry
+from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs
+from engine.plugins import GateContext, Registry
 from engine.redact import Redactor
 from engine.spec import Flow
 from engine.steps import builtin_step_kinds
@@ -162,6 +165,52 @@ class Runtime:
                 except ExecutionError:
                     continue
         return out
+
+    def last_run(self, plan: Plan) -> RunSummary | None:
+        """The newest finished run of this flow (same name and file), if any."""
+        runs = [
+            r
+            for r in self.list_runs()
+            if r.flow == plan.flow.name and r.status in ("succeeded", "failed")
+        ]
+        return runs[-1] if runs else None
+
+    async def verify(self, plan: Plan) -> list[tuple[PlannedGate, Verdict]]:
+        """Evaluate every gate of a flow now, against the workspace and the flow's last run
+        (for step outputs a metric gate reads). Nothing runs but the gates' own tools."""
+        last = self.last_run(plan)
+        inputs = last.inputs if last else coerce_inputs(plan.flow, {})
+        steps = {
+            sid: {"status": s.status, "outputs": s.outputs, "output": s.result}
+            for sid, s in (last.steps.items() if last else ())
+        }
+        activation = {
+            "inputs": inputs,
+            "steps": steps,
+            "run": {"id": last.run_id if last else "", "flow": plan.flow.name},
+        }
+        redactor = self.redactor_for(plan.flow)
+        resources = self._resources(plan, redactor)
+        workdir = self.settings.state_dir / "verify"
+        results: dict[str, Verdict] = {}
+
+        async def one(gate: PlannedGate) -> None:
+            ctx = GateContext(
+                run_id=last.run_id if last else "verify",
+                gate_id=gate.id,
+                project_root=self.settings.project_root,
+                workdir=workdir / gate.id,
+                redactor=redactor,
+                render=partial(render_value, activation=activation),
+                resources=resources,
+            )
+            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            results[gate.id] = await run_gate(gate, ctx)
+
+        async with anyio.create_task_group() as tg:
+            for gate in plan.gates.values():
+                tg.start_soon(one, gate)
+        return [(plan.gates[g], results[g]) for g in plan.gates]
 
     async def run(
         self,

@@ -289,7 +289,10 @@ def _as_outcome(summary: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
+    from engine.cli.verify import verify  # noqa: PLC0415
+
     app.command()(run)
+    app.command()(verify)
     app.command()(plan)
     app.command()(graph)
     app.add_typer(runs_app, name="runs")
