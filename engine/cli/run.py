@@ -111,7 +111,9 @@ def run(
     finally:
         progress.close()
     if as_json:
-        sys.stdout.write(json.dumps(_outcome_json(outcome), indent=2, default=str) + "\n")
+        # the outcome holds values as steps made them: mask secrets as the journal does
+        shown = runtime.redactor_for(plan.flow).value(_outcome_json(outcome))
+        sys.stdout.write(json.dumps(shown, indent=2, default=str) + "\n")
     else:
         counts: dict[str, int] = {}
         for state in outcome.steps.values():

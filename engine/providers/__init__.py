@@ -129,6 +129,31 @@ class Gateway:
         self._sleep = sleep
         self._clock = clock
         self._router: Any = None
+        self._route_budgets: dict[str, Budget] = {}
+
+    def route_budget(self, route_name: str) -> Budget:
+        """The budget calls through `route_name` spend: the route's own `budget_usd` nested
+        in the run's budget, or the run's budget itself."""
+        if route_name not in self._route_budgets:
+            route = self.routes[route_name]
+            self._route_budgets[route_name] = (
+                self.budget.child(route.budget_usd, None, f"route '{route_name}'")
+                if route.budget_usd is not None
+                else self.budget
+            )
+        return self._route_budgets[route_name]
+
+    def step_budget(
+        self, route_name: str, usd: float | None, tokens: int | None, name: str
+    ) -> Budget:
+        """A step's own budget, nested in its route's (and so in the run's)."""
+        route = self.route_budget(route_name)
+        if usd is None and tokens is None:
+            return route
+        key = f"{route_name}\0{name}"
+        if key not in self._route_budgets:  # one budget per step, shared by its samples
+            self._route_budgets[key] = route.child(usd, tokens, name)
+        return self._route_budgets[key]
 
     def _get_router(self) -> Any:
         if self._router is None:
@@ -162,27 +187,27 @@ class Gateway:
         budget refusals; `TransientProviderError` when every model of the chain gave out.
         """
         route = self.routes[route_name]
-        spend = budget or self.budget
+        spend = budget or self.route_budget(route_name)
         chain = [route.model, *route.fallbacks]
         last: ProviderError | None = None
         for model in chain:
             provider = provider_of(model)
-            # the budget first: a refusal must not use up a half-open circuit's one trial
-            tokens = _estimate_tokens(messages)
-            spend.check(self._estimate_usd(model, tokens), tokens)
-            if not self.circuits.allow(provider):
-                self._ledger(
-                    step,
-                    instance,
-                    sample,
-                    route_name,
-                    model,
-                    outcome="circuit_open",
-                    error=f"circuit for {provider} is open",
-                )
-                last = TransientProviderError(f"circuit for {provider} is open")
-                continue
             try:
+                # the budget first: a refusal must not use up a half-open circuit's one trial
+                tokens = _estimate_tokens(messages)
+                spend.check(self._estimate_usd(model, tokens), tokens)
+                if not self.circuits.allow(provider):
+                    self._ledger(
+                        step,
+                        instance,
+                        sample,
+                        route_name,
+                        model,
+                        outcome="circuit_open",
+                        error=f"circuit for {provider} is open",
+                    )
+                    last = TransientProviderError(f"circuit for {provider} is open")
+                    continue
                 return await self._with_retries(
                     route,
                     route_name,
@@ -204,7 +229,6 @@ class Gateway:
                         instance=instance,
                         sample=sample,
                         schema=schema,
-                        budget=budget,
                         deadline=deadline,
                     )
                 raise
@@ -280,8 +304,10 @@ class Gateway:
                     sample=sample,
                     route=route_name,
                     model_asked=model,
-                    model_answered=reply.model_answered,
-                    system_fingerprint=reply.fingerprint,
+                    model_answered=self.redactor.text(reply.model_answered),
+                    system_fingerprint=(
+                        self.redactor.text(reply.fingerprint) if reply.fingerprint else None
+                    ),
                     prompt_tokens=reply.prompt_tokens,
                     completion_tokens=reply.completion_tokens,
                     cost_usd=reply.cost_usd,

@@ -39,6 +39,8 @@ class LlmKind:
             "output_schema": step.output_schema,
             "samples": step.samples,
             "reask": step.reask,
+            "budget_usd": step.budget_usd,
+            "budget_tokens": step.budget_tokens,
         }
 
     def code_digest(self, step: Any, project_root: Path) -> str | None:
@@ -126,6 +128,12 @@ async def _one_sample(
                 instance=ctx.instance,
                 sample=sample,
                 schema=schema,
+                budget=gateway.step_budget(
+                    resolved["model"],
+                    resolved.get("budget_usd"),
+                    resolved.get("budget_tokens"),
+                    f"step '{ctx.instance}'",
+                ),
             )
         except TransientProviderError as exc:
             raise StepFailed(str(exc), step=ctx.instance, category="server_error") from None
@@ -139,9 +147,9 @@ async def _one_sample(
         record["cost_usd"] += reply.cost_usd
         record["tokens"] += reply.prompt_tokens + reply.completion_tokens
         problems = _problems(reply, schema)
+        record["reasks"] = ask  # re-asks sent so far (0 when the first answer was kept)
         if not problems:
             return (json.loads(reply.content) if schema is not None else reply.content), record
-        record["reasks"] = ask
         record.setdefault("violations", []).append(problems)
         if ask == int(resolved.get("reask", 1)):
             raise StepFailed(
