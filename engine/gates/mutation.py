@@ -32,9 +32,11 @@ How mutmut 3.8 is driven (facts of that version, which `pyproject.toml` pins):
   anything else suspicious.
 
 Counting: `kill_rate = killed / (killed + survived + timeout)`: a timeout is a mutant the tests
-did not kill in time, so it counts against (mutmut's own badge counts it as detected). Every
-other status (no tests, skipped, suspicious, segfault, type check, not checked) is excluded
-from the rate, counted in `skipped` and listed by status in the evidence; `total` is all
+did not kill in time, so it counts against (mutmut's own badge counts it as detected). A
+mutant no test even runs ("no tests") is untested code: it counts as survived, or a suite that
+tests one function of ten would score a perfect rate on that one. Every other status
+(skipped, suspicious, segfault, type check, not checked) is excluded from the rate, counted
+in `skipped` and listed by status in the evidence; `total` is all
 mutants tested in this run. No metrics come from a run that failed or timed out (the
 evidence keeps the partial counts), and there is no `kill_rate` without a killable mutant.
 Must not: write into the project, or leave a mutmut worker running (the whole process group
@@ -184,10 +186,10 @@ class MutationKind:
             "budget": gate.max_mutants,
             "timeout_s": gate.timeout,
             "counting": (
-                "kill_rate = killed / (killed + survived + timeout); mutants with any other "
-                "status (no tests, skipped, suspicious, segfault, caught by type check, not "
-                "checked) are excluded from the rate, counted in `skipped` and listed in "
-                "`excluded`"
+                "kill_rate = killed / (killed + survived + timeout); a mutant no test runs "
+                "('no tests') counts as survived; any other status (skipped, suspicious, "
+                "segfault, caught by type check, not checked) is excluded from the rate, "
+                "counted in `skipped` and listed in `excluded`"
             ),
         }
         prepared = _prepare(ctx, gate, evidence)
@@ -315,9 +317,11 @@ def _tally(
     excluded = {
         status: sorted(n for n, s in statuses.items() if s == status)
         for status in sorted(counts)
-        if status not in ("killed", "survived", "timeout")
+        if status not in ("killed", "survived", "timeout", "no tests")
     }
-    survivors = sorted((n for n, s in statuses.items() if s == "survived"), key=_mutant_order)
+    survivors = sorted(
+        (n for n, s in statuses.items() if s in ("survived", "no tests")), key=_mutant_order
+    )
     evidence.update(
         by_status=dict(sorted(counts.items())),
         excluded={k: capped(sorted(v, key=_mutant_order))[0] for k, v in excluded.items()},
@@ -329,7 +333,7 @@ def _tally(
     )
     return {
         "killed": counts["killed"],
-        "survived": counts["survived"],
+        "survived": counts["survived"] + counts["no tests"],
         "timeout": counts["timeout"],
         "skipped": sum(len(v) for v in excluded.values()),
         "total": len(statuses),
