@@ -33,7 +33,7 @@ TEST = [
     ["ruff", "check", "engine", "tests", "bench", "examples", "dev.py"],
     ["mypy"],
     ["lint-imports"],
-    ["pytest"],
+    ["pytest", "-n", "2"],
 ]
 
 
