@@ -95,7 +95,7 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
             timeout=step.timeout,
             cache=step.cache if step.cache is not None else step.idempotent,
             idempotent=step.idempotent,
-            spec_dump=step.model_dump(by_alias=True),
+            spec_dump=_work_spec(flow, step),
         )
     gates = {gid: _plan_gate(gid, gate, registry) for gid, gate in flow.gates.items()}
     waits = {
@@ -106,6 +106,16 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
     }
     digest = "sha256:" + hashlib.sha256(doc.raw).hexdigest()
     return Plan(flow, doc.path, digest, project_root, order, planned, gates, waits)
+
+
+def _work_spec(flow: Flow, step: Step) -> dict[str, Any]:
+    """The step's fields, plus for an llm step its route (model, fallbacks, params): changing
+    the model must not reuse answers cached from another one."""
+    dump = step.model_dump(by_alias=True)
+    model = getattr(step, "model", None)
+    if step.kind == "llm" and isinstance(model, str) and model in flow.models:
+        dump["route"] = flow.models[model].model_dump(by_alias=True)
+    return dump
 
 
 def _plan_gate(gid: str, gate: Gate, registry: Registry) -> PlannedGate:

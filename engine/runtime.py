@@ -113,8 +113,14 @@ class Runtime:
     def secrets_for(self, flow: Flow) -> dict[str, str]:
         return {name: self.environ[name] for name in flow.secrets if self.environ.get(name)}
 
-    def redactor_for(self, flow: Flow) -> Redactor:
-        return Redactor(self.secrets_for(flow).values())
+    def redactor_for(self, flow: Flow, inputs: Mapping[str, Any] | None = None) -> Redactor:
+        """Masks the flow's secrets, and the values of inputs declared `secret: true`."""
+        values = list(self.secrets_for(flow).values())
+        for name, spec in flow.inputs.items():
+            value = (inputs or {}).get(name)
+            if spec.secret and isinstance(value, str):
+                values.append(value)
+        return Redactor(values)
 
     def _resources(self, plan: Plan, redactor: Redactor) -> dict[str, Any]:
         """The provider gateway, for flows with llm steps (shared by all steps of the run)."""
@@ -239,7 +245,7 @@ class Runtime:
             run_id = new_run_id()
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        redactor = self.redactor_for(flow)
+        redactor = self.redactor_for(flow, inputs)
         resources = self._resources(plan, redactor)
         executor = LocalExecutor(
             cache=StepCache(self.settings.cache_dir),

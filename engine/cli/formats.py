@@ -37,6 +37,10 @@ def _summary(reports: Sequence[FileReport]) -> tuple[int, int, int]:
     return len(reports), invalid, errors
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _source_line(path: str, line: int, cache: dict[str, list[str]]) -> str | None:
     if path not in cache:
         try:
@@ -66,7 +70,7 @@ def _text(reports: Sequence[FileReport], missing: Sequence[str]) -> str:
             f"{files} {noun} checked: {files - invalid} valid, {invalid} invalid "
             f"({errors} error{'s' if errors != 1 else ''})"
         )
-    else:
+    elif files:
         out.append(f"{files} {noun} checked: all valid")
     return "\n".join(out) + "\n"
 
@@ -153,7 +157,8 @@ def _github(reports: Sequence[FileReport], missing: Sequence[str]) -> str:
     )
     files, invalid, errors = _summary(reports)
     out.append(
-        f"{files} files checked: {files - invalid} valid, {invalid} invalid ({errors} errors)"
+        f"{_count(files, 'file')} checked: {files - invalid} valid, {invalid} invalid "
+        f"({_count(errors, 'error')})"
     )
     return "\n".join(out) + "\n"
 

@@ -6,6 +6,7 @@ Owns: these commands' arguments and output. Must not: hold engine logic (runtime
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -45,6 +46,10 @@ def _pairs(values: list[str]) -> dict[str, str]:
 def _runtime(spec_path: str | None = None) -> Any:
     from engine.runtime import Runtime, load_settings  # noqa: PLC0415  (heavy: steps, anyio)
 
+    if spec_path is not None and not os.path.isfile(spec_path):
+        from engine.errors import UsageError  # noqa: PLC0415
+
+        raise UsageError(f"no such flow file: {spec_path}")
     return Runtime(load_settings(spec_path))
 
 
@@ -145,6 +150,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "status": outcome.status,
         "duration": outcome.duration,
         "outputs": outcome.outputs,
+        "gates": dict(getattr(outcome, "gates", {})),
         "steps": {
             sid: {
                 "status": s.status,

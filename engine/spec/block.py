@@ -15,6 +15,7 @@ from engine.spec.common import (
     Duration,
     Expression,
     Identifier,
+    Pattern,
     RelPath,
     SpecModel,
     Text,
@@ -47,7 +48,7 @@ class IntegrationFace(SpecModel):
 class LogicFace(SpecModel):
     """The entry point, and the tests that pin its behaviour."""
 
-    call: Annotated[Text, Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")]
+    call: Annotated[Text, Pattern(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")]
     tests: list[RelPath] = Field(default_factory=list)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Identifier",
     "InputSpec",
     "Name",
+    "Pattern",
     "RelPath",
     "SpecModel",
     "Text",
@@ -42,19 +43,28 @@ def _to_text(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_to_text)]
+
+
+def Pattern(regex: str, **kwargs: Any) -> Any:
+    """`Field(pattern=...)` that also keeps the pattern in the published JSON Schema (behind
+    a before-validator pydantic drops it there), so editors flag what validate flags."""
+    extra: dict[str, Any] = {"pattern": regex}
+    return Field(pattern=regex, json_schema_extra=extra, **kwargs)
+
+
 """A string field. Plain YAML numbers are accepted as their source text."""
 
 IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]*$"
 Identifier = Annotated[
     Text,
-    Field(pattern=IDENTIFIER_PATTERN, max_length=64),
+    Pattern(IDENTIFIER_PATTERN, max_length=64),
 ]
 """A step, gate, input or output id: lower snake_case, so expressions can say `steps.build`."""
 
-Name = Annotated[Text, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
+Name = Annotated[Text, Pattern(r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
 """A document name: lowercase words joined by `-`, `_` or `.`."""
 
-EnvName = Annotated[Text, Field(pattern=r"^[A-Z_][A-Z0-9_]*$", max_length=128)]
+EnvName = Annotated[Text, Pattern(r"^[A-Z_][A-Z0-9_]*$", max_length=128)]
 """An environment variable or secret name (`OPENAI_API_KEY`)."""
 
 RelPath = Annotated[Text, Field(min_length=1, max_length=4096)]
@@ -123,7 +133,7 @@ class DocumentHeader(SpecModel):
     """The spec language version. Always 1 for now."""
     name: Name
     """The document's name, unique within a project."""
-    revision: Annotated[Text, Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")] | None = None
+    revision: Annotated[Text, Pattern(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")] | None = None
     """Semantic version of this document (`1.4.0`)."""
     owner: Text | None = None
     """Who to ask about it: a team or a person."""

@@ -18,6 +18,7 @@ from engine.spec.common import (
     Expression,
     Identifier,
     InputSpec,
+    Pattern,
     RelPath,
     SpecModel,
     Text,
@@ -119,7 +120,7 @@ class OutputSpec(SpecModel):
     value, a shell step's stdout parsed as JSON); `stdout`: a shell step's stdout as text;
     `file`: the file at `file`."""
     file: RelPath | None = None
-    pointer: Annotated[Text, Field(pattern=r"^(/.*)?$")] | None = None
+    pointer: Annotated[Text, Pattern(r"^(/.*)?$")] | None = None
     """JSON pointer into the result or file; default `/<output name>` for `result`."""
 
     @model_validator(mode="after")
@@ -183,7 +184,7 @@ class PythonStep(_StepBase):
     """Call `module:function` with JSON-able keyword arguments (sync or async)."""
 
     kind: Literal["python"]
-    call: Annotated[Text, Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")]
+    call: Annotated[Text, Pattern(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")]
     with_: dict[Identifier, Any] = Field(default_factory=dict, alias="with")
     pythonpath: list[RelPath] = Field(default_factory=list)
     """Folders added to `sys.path` for this call, relative to the project root."""
@@ -213,7 +214,7 @@ class FlowStep(_StepBase):
 
     kind: Literal["flow"]
     flow: RelPath
-    digest: Annotated[Text, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    digest: Annotated[Text, Pattern(r"^sha256:[0-9a-f]{64}$")] | None = None
     inputs: dict[Identifier, Any] = Field(default_factory=dict)
 
 
@@ -291,7 +292,7 @@ class MetricSource(SpecModel):
     value: Any = None
     """A `${{ }}` expression over inputs and step outputs."""
     file: RelPath | None = None
-    pointer: Annotated[Text, Field(pattern=r"^(/.*)?$")] | None = None
+    pointer: Annotated[Text, Pattern(r"^(/.*)?$")] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> MetricSource:
