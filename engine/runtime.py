@@ -24,7 +24,7 @@ import anyio
 
 from engine import __version__
 from engine.checks import find_project_root
-from engine.errors import ExecutionError, UsageError
+from engine.errors import EngineError, ExecutionError, UsageError
 from engine.executor.cache import StepCache
 from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter, read_journal
@@ -281,11 +281,34 @@ class Runtime:
                 options = RunOptions(
                     run_id, inputs, use_cache=use_cache, force=force, holder=holder
                 )
-                return await _with_signals(
+                outcome = await _with_signals(
                     executor, executor.run(plan, options, journal, prior=prior, run_dir=run_dir)
                 )
             finally:
                 await journal.aclose()
+            outcome.bundle = self._bundle(run_dir, redactor, on_event)
+            return outcome
+
+    def _bundle(self, run_dir: Path, redactor: Redactor, on_event: Event | None) -> str | None:
+        """Pin the finished run into a content-addressed bundle (written once, verifiable).
+
+        A run that could not be bundled is still a finished run: the failure is reported as
+        an event, and `blocks bundle` can be retried from the journal."""
+        from engine.executor.bundling import bundle_run, environment_facts  # noqa: PLC0415
+        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
+
+        try:
+            return bundle_run(
+                run_dir,
+                LocalBundleStore(self.settings.state_dir / "bundles"),
+                redactor,
+                environment_facts(),
+                project_root=self.settings.project_root,
+            )
+        except EngineError as exc:
+            if on_event is not None:
+                on_event({"event": "bundle.failed", "error": str(exc)})
+            return None
 
 
 def _check_resumable(summary: RunSummary, plan: Plan, force: bool) -> None:

@@ -96,8 +96,10 @@ def schema_export(
 
 def _register_commands() -> None:
     from engine.cli import run as run_commands  # noqa: PLC0415
+    from engine.cli.bundle import bundle_app  # noqa: PLC0415
 
     run_commands.register(app)
+    app.add_typer(bundle_app, name="bundle")
 
 
 _register_commands()

@@ -132,6 +132,8 @@ def run(
         typer.echo(
             f"run {outcome.run_id} {outcome.status} in {format_duration(outcome.duration)}: {shown}"
         )
+        if outcome.bundle:
+            typer.echo(f"bundle {outcome.bundle} (blocks bundle show {outcome.run_id})")
         if outcome.status != "succeeded":
             typer.echo(f"resume with: blocks run {flow} --resume {outcome.run_id}")
     if outcome.status == "cancelled":
@@ -151,6 +153,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "duration": outcome.duration,
         "outputs": outcome.outputs,
         "gates": dict(getattr(outcome, "gates", {})),
+        "bundle": getattr(outcome, "bundle", None),
         "steps": {
             sid: {
                 "status": s.status,

@@ -90,6 +90,8 @@ class RunOutcome:
     signal: int | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     gates: dict[str, str] = field(default_factory=dict)
+    bundle: str | None = None
+    """The root digest of the run's context bundle, once written."""
 
 
 Event = Callable[[dict[str, Any]], None]

@@ -77,6 +77,16 @@ def judge(
     activation = dict(metrics)
     if baseline is not None:
         activation["baseline"] = dict(baseline)
+    elif "baseline" in gate.spec.require:
+        channel = getattr(getattr(gate.spec, "baseline", None), "channel", "?")
+        return Verdict(
+            "inconclusive",
+            f"{gate.id}: no baseline to compare with: no bundle is "
+            f"promoted on channel '{channel}' yet ({shown})",
+            metrics,
+            measurement.evidence,
+            measurement.summary,
+        )
     try:
         value = gate.require.evaluate(activation)
     except ExpressionError as exc:

@@ -1,0 +1,493 @@
+"""The local bundle store: content-addressed, write-once files in one folder.
+
+Owns: the on-disk layout below, writing blobs and manifests so that a crash never leaves a
+partial bundle, verifying every byte it reads, `verify` (re-hash a whole bundle and say
+what changed), and `gc` (remove what no manifest references). Must not: build members
+(`engine.bundle` does), read journals, or ever rewrite stored content.
+
+Layout under `root`::
+
+    blobs/sha256/ab/<hex>      member bytes; <hex> is the member's leaf digest (read-only)
+    bundles/<hex>.json         canonical manifest; <hex> is the bundle's root digest
+    runs/<run id>              "sha256:<hex>\\n": the run's bundle (an index)
+    runs/<run id>~2, ~3 ...    its later bundles, each superseding the one before (resumes)
+    gc.lock                    puts share it, gc takes it alone
+
+Write protocol. Every file is written to a temp file (``.tmp-*``) in its final folder,
+fsynced, made read-only, then hard-linked to its final name (a link never replaces an
+existing file), and the folder is fsynced. An existing blob is verified, never rewritten.
+The manifest is written only after every blob it names is durable, and the run index last:
+a manifest exists only if all its blobs do. A crash or kill leaves at worst temp files and
+unreferenced blobs, which `gc` removes; a full disk is reported as `BundleError` with the
+temp file removed. Index entries are written once too: a run bundled again (it was resumed)
+gets the next entry, and only if the new bundle names the current one as the bundle it
+`supersedes`; anything else raises `WriteOnceError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Final
+
+from engine.bundle import (
+    BundleEntry,
+    LeafHasher,
+    Manifest,
+    Member,
+    VerifyReport,
+    check_digest,
+    node_digest,
+)
+from engine.errors import BundleError, TamperError, WriteOnceError
+
+__all__ = ["LocalBundleStore"]
+
+_CHUNK: Final = 1 << 20
+_TEMP: Final = ".tmp-"
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
+_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A folder whose file system cannot hard-link falls back to rename (see _publish).
+_NO_LINK: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV})
+
+
+def _hex(digest: str) -> str:
+    return check_digest(digest).removeprefix("sha256:")
+
+
+class LocalBundleStore:
+    """Bundles in a local folder. Safe for concurrent puts; gc waits for them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # ---- paths ---------------------------------------------------------------------------
+
+    @property
+    def _blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def _bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def _runs(self) -> Path:
+        return self.root / "runs"
+
+    def blob_path(self, digest: str) -> Path:
+        hexd = _hex(digest)
+        return self._blobs / hexd[:2] / hexd
+
+    def manifest_path(self, digest: str) -> Path:
+        return self._bundles / f"{_hex(digest)}.json"
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def put_bundle(
+        self,
+        members: Mapping[str, bytes],
+        *,
+        run_id: str | None = None,
+        supersedes: str | None = None,
+    ) -> str:
+        """Store `members` as one bundle and return its root digest. Idempotent for equal
+        content. A run's first bundle needs no `supersedes`; a later one (the run was
+        resumed) must name the run's current bundle there, or `WriteOnceError` is raised."""
+        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+            raise BundleError(f"run id {run_id!r} cannot name an index entry")
+        if supersedes is not None and run_id is None:
+            raise BundleError("only a run's bundle can supersede another")
+        manifest = Manifest.from_members(members, run=run_id, supersedes=supersedes)
+        root = manifest.root_digest()
+        try:
+            with self._lock(fcntl.LOCK_SH):
+                if run_id is not None:
+                    self._next_index(run_id, root, supersedes)  # refuse before writing
+                self._put_blobs(manifest, members)
+                self._put_manifest(manifest)
+                if run_id is not None:
+                    self._put_index(run_id, root, supersedes)
+        except OSError as exc:
+            raise BundleError(f"cannot write bundle to {self.root}: {exc}") from exc
+        return root
+
+    def _put_blobs(self, manifest: Manifest, members: Mapping[str, bytes]) -> None:
+        done: set[str] = set()
+        for m in manifest.members:
+            if m.digest not in done:
+                done.add(m.digest)
+                check = functools.partial(self._check_blob, member=m)
+                self._write_once(self.blob_path(m.digest), members[m.path], check)
+
+    def _put_manifest(self, manifest: Manifest) -> None:
+        data = manifest.to_bytes()
+        digest = node_digest(data)
+        for m in manifest.members:  # the rule the layout rests on: blobs before manifest
+            if not self.blob_path(m.digest).is_file():
+                raise BundleError(f"member {m.path}: blob vanished before the manifest")
+
+        def same(path: Path) -> None:
+            if path.read_bytes() != data:
+                raise TamperError(f"stored manifest {path.name} differs from bundle {digest}")
+
+        self._write_once(self.manifest_path(digest), data, same)
+
+    def _chain(self, run_id: str) -> list[str]:
+        """The root digests of a run's bundles, oldest first: `runs/<id>`, `runs/<id>~2`..."""
+        out: list[str] = []
+        while (path := self._runs / _index_name(run_id, len(out) + 1)).is_file():
+            text = path.read_text(encoding="utf-8").strip()
+            try:
+                out.append(check_digest(text))
+            except BundleError:
+                raise TamperError(f"index entry {path.name} is corrupt: {text!r}") from None
+        return out
+
+    def _next_index(self, run_id: str, root: str, supersedes: str | None) -> str | None:
+        """The index entry `root` goes to; None if it is indexed already."""
+        chain = self._chain(run_id)
+        if root in chain:
+            return None
+        current = chain[-1] if chain else None
+        if supersedes != current:
+            raise WriteOnceError(
+                f"run {run_id} is already bundled as {current}; a new bundle of it must "
+                "supersede that one"
+                if current is not None
+                else f"run {run_id} has no bundle for this one to supersede ({supersedes})"
+            )
+        return _index_name(run_id, len(chain) + 1)
+
+    def _put_index(self, run_id: str, root: str, supersedes: str | None) -> None:
+        name = self._next_index(run_id, root, supersedes)
+        if name is None:
+            return
+
+        def taken(path: Path) -> None:  # a concurrent put of another bundle got there first
+            if path.read_text(encoding="utf-8").strip() != root:
+                raise WriteOnceError(f"index entry {path.name} was written by another bundle")
+
+        self._write_once(self._runs / name, f"{root}\n".encode(), taken)
+
+    def _write_once(self, final: Path, data: bytes, existing: Callable[[Path], None]) -> None:
+        """Write `data` at `final` unless something is there, which `existing` then checks."""
+        if final.exists():
+            existing(final)
+            return
+        _ensure_dir(final.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP, dir=final.parent)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view[:_CHUNK])
+                    view = view[written:]
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self._publish(tmp, final):
+                _sync_dir(final.parent)
+            else:
+                existing(final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @staticmethod
+    def _publish(tmp: str, final: Path) -> bool:
+        """Give the temp file its final name without replacing anything. False if taken."""
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            # No hard links here: rename, which could replace a file a concurrent writer
+            # published a moment ago. Same name, same digest, so the same bytes.
+            if final.exists():
+                return False
+            os.rename(tmp, final)
+        return True
+
+    @contextlib.contextmanager
+    def _lock(self, how: int) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The root digest `ref` names: a run id (its latest bundle; ``<run id>~N`` for its
+        N-th), a root digest, or a unique prefix of one (4 hex digits at least, with or
+        without ``sha256:``). BundleError if it names none or several."""
+        ref = ref.strip()
+        run_id, _, nth = ref.partition("~")
+        if _RUN_ID.fullmatch(run_id) and (nth == "" or nth.isdigit()):
+            chain = self._chain(run_id)
+            if chain and (nth == "" or 1 <= int(nth) <= len(chain)):
+                digest = chain[int(nth) - 1] if nth else chain[-1]
+                self._check_indexed(run_id, digest)
+                return digest
+        prefix = ref.removeprefix("sha256:")
+        if _HEXPREFIX.fullmatch(prefix):
+            found = [h for h in self._manifest_names() if h.startswith(prefix)]
+            if len(found) == 1:
+                return f"sha256:{found[0]}"
+            if len(found) > 1:
+                shown = ", ".join(f"sha256:{h[:12]}" for h in found[:5])
+                raise BundleError(f"{ref!r} matches {len(found)} bundles ({shown}...): say more")
+        if not nth:  # the index is written after the manifest: a crash in between
+            manifests = [self._manifest(e.digest) for e in self.list_bundles() if e.run == ref]
+            superseded = {m.supersedes for m in manifests}
+            heads = [m.root_digest() for m in manifests if m.root_digest() not in superseded]
+            if len(heads) == 1:
+                return heads[0]
+        raise BundleError(f"no bundle matches {ref!r} in {self.root}")
+
+    def _check_indexed(self, run_id: str, digest: str) -> None:
+        """An index entry must point at a bundle of that run. A manifest that is missing or
+        unreadable is not judged here: reading it fails, and `verify` reports it."""
+        try:
+            run = self._manifest(digest).run
+        except BundleError:
+            return
+        if run != run_id:
+            raise TamperError(f"the index maps run {run_id} to {digest}, a bundle of run {run}")
+
+    def get_manifest(self, ref: str) -> Manifest:
+        """The manifest of bundle `ref`, checked against the digest it is stored under."""
+        return self._manifest(self.resolve(ref))
+
+    def _manifest(self, digest: str) -> Manifest:
+        path = self.manifest_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise TamperError(f"bundle {digest}: its manifest is missing") from None
+        actual = node_digest(data)
+        if actual != digest:
+            raise TamperError(f"bundle {digest}: its manifest hashes to {actual}")
+        try:
+            return Manifest.parse(data)
+        except BundleError as exc:  # it hashed right, so it was written this way: not ours
+            raise TamperError(f"bundle {digest}: unreadable manifest: {exc}") from None
+
+    def read_member(self, ref: str, path: str) -> bytes:
+        """The bytes of member `path`, verified. TamperError names the member if they differ."""
+        digest = self.resolve(ref)
+        member = self._manifest(digest).member(path)
+        try:
+            data = self.blob_path(member.digest).read_bytes()
+        except FileNotFoundError:
+            raise TamperError(f"member {path} of bundle {digest}: its blob is missing") from None
+        h = LeafHasher()
+        h.update(data)
+        if h.digest() != member.digest or len(data) != member.size:
+            raise TamperError(
+                f"member {path} of bundle {digest}: stored bytes do not match its digest"
+            )
+        return data
+
+    def list_bundles(self) -> list[BundleEntry]:
+        """Every stored bundle, by run id then digest. A bad manifest is listed with its
+        problem rather than hidden."""
+        out = []
+        for hexd in self._manifest_names():
+            digest = f"sha256:{hexd}"
+            try:
+                manifest = self._manifest(digest)
+            except BundleError as exc:
+                out.append(BundleEntry(digest, None, 0, 0, str(exc)))
+                continue
+            size = manifest.total_size
+            out.append(BundleEntry(digest, manifest.run, len(manifest.members), size))
+        return sorted(out, key=lambda e: (e.run or "", e.digest))
+
+    def _manifest_names(self) -> list[str]:
+        if not self._bundles.is_dir():
+            return []
+        names = (p.name for p in self._bundles.iterdir() if p.name.endswith(".json"))
+        return sorted(n[:-5] for n in names if _HEX64.fullmatch(n[:-5]))
+
+    # ---- verify and gc -------------------------------------------------------------------
+
+    def verify(self, ref: str) -> VerifyReport:
+        """Re-hash every member of bundle `ref` and check the store around it."""
+        digest = self.resolve(ref)
+        problem: str | None = None
+        path = self.manifest_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return VerifyReport(digest, manifest_problem="the manifest file is missing")
+        if node_digest(data) != digest:
+            problem = f"its root digest is {node_digest(data)}, not the {digest} it is stored as"
+        try:
+            manifest = Manifest.parse(data)
+        except BundleError as exc:
+            return VerifyReport(digest, manifest_problem=problem or f"unreadable: {exc}")
+        tampered, missing = self._check_members(manifest)
+        renamed, added, notes = self._survey(manifest, missing)
+        found = {p for p, _ in renamed}
+        return VerifyReport(
+            digest,
+            run=manifest.run,
+            checked=len(manifest.members),
+            manifest_problem=problem,
+            tampered=tuple(tampered),
+            missing=tuple(p for p in missing if p not in found),
+            renamed=tuple(renamed),
+            added=tuple(added),
+            notes=tuple(notes),
+        )
+
+    def _check_members(self, manifest: Manifest) -> tuple[list[str], list[str]]:
+        tampered: list[str] = []
+        missing: list[str] = []
+        for m in manifest.members:
+            try:
+                self._check_blob(self.blob_path(m.digest), member=m)
+            except FileNotFoundError:
+                missing.append(m.path)
+            except TamperError:
+                tampered.append(m.path)
+        return tampered, missing
+
+    def _survey(
+        self, manifest: Manifest, missing: list[str]
+    ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+        """Files in the store no manifest accounts for: renamed blobs, added files, debris."""
+        referenced = self._referenced(strict=False)
+        lost = {manifest.member(p).digest: p for p in missing}
+        renamed: list[tuple[str, str]] = []
+        added: list[str] = []
+        temps = orphans = 0
+        for file in self._files():
+            rel = file.relative_to(self.root).as_posix()
+            if file.name.startswith(_TEMP):
+                temps += 1
+                continue
+            if file.parent.parent == self._blobs and self._named_blob(file) in referenced:
+                continue
+            if (
+                file.parent == self._bundles
+                and file.suffix == ".json"
+                and _HEX64.fullmatch(file.stem)
+            ):
+                continue  # other bundles: verified on their own
+            actual = _hash_file(file)
+            if actual in lost:
+                renamed.append((lost[actual], rel))
+            elif self._named_blob(file) != actual:
+                added.append(rel)
+            else:
+                orphans += 1
+        notes = [f"{temps} unfinished write(s) (temp files): gc removes them"] if temps else []
+        if orphans:
+            notes.append(f"{orphans} blob(s) no bundle references (a crashed put): gc removes them")
+        return renamed, added, notes
+
+    def _named_blob(self, file: Path) -> str | None:
+        """The digest a file's place in blobs/ claims, or None if it is not a blob's place."""
+        if (
+            file.parent.parent == self._blobs
+            and _HEX64.fullmatch(file.name)
+            and file.parent.name == file.name[:2]
+        ):
+            return f"sha256:{file.name}"
+        return None
+
+    def _files(self) -> Iterator[Path]:
+        for folder in (self._blobs, self._bundles):
+            if folder.is_dir():
+                yield from sorted(p for p in folder.rglob("*") if p.is_file())
+
+    def _referenced(self, keep: frozenset[str] = frozenset(), *, strict: bool = True) -> set[str]:
+        """Every blob digest a manifest names, plus `keep`. With `strict`, a manifest that
+        cannot be read raises: what it references would be unknown."""
+        out = set(keep)
+        for hexd in self._manifest_names():
+            try:
+                manifest = self._manifest(f"sha256:{hexd}")
+            except BundleError:
+                if strict:
+                    raise
+                continue
+            out.update(m.digest for m in manifest.members)
+        return out
+
+    def gc(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Remove temp files left by crashed writes and blobs that no manifest references
+        (and that are not in `keep`, digests a caller is about to reference). Never removes
+        a manifest, an index entry, a referenced blob, or a file that is not a blob (that is
+        evidence: `verify` reports it). Waits for puts in progress. Returns what it removed,
+        as paths relative to the root."""
+        for digest in keep:
+            check_digest(digest)
+        removed: list[str] = []
+        with self._lock(fcntl.LOCK_EX):
+            referenced = self._referenced(frozenset(keep))
+            for file in list(self._files()):
+                named = self._named_blob(file)
+                if file.name.startswith(_TEMP) or (named is not None and named not in referenced):
+                    file.unlink()
+                    removed.append(file.relative_to(self.root).as_posix())
+        return removed
+
+    def _check_blob(self, path: Path, *, member: Member) -> None:
+        """Raise TamperError naming `member` unless the blob at `path` has its digest and
+        size. FileNotFoundError passes through: the caller decides what missing means."""
+        if path.stat().st_size != member.size or _hash_file(path) != member.digest:
+            raise TamperError(
+                f"member {member.path}: stored blob {path.name[:16]}... does not match its digest"
+            )
+
+
+def _index_name(run_id: str, n: int) -> str:
+    return run_id if n == 1 else f"{run_id}~{n}"
+
+
+def _hash_file(path: Path) -> str:
+    h = LeafHasher()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.digest()
+
+
+def _ensure_dir(folder: Path) -> None:
+    """mkdir -p, making each new folder's entry durable in its parent."""
+    if folder.is_dir():
+        return
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _sync_dir(created.parent)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
