@@ -33,12 +33,15 @@ from engine.executor.verdicts import Verdict, run_gate
 from engine.plan import Plan, PlannedStep
 from engine.plugins import GateContext, StepContext, StepResult
 from engine.redact import Redactor
-from engine.spec import Retry, SecretRef
+from engine.spec import Retry, SecretRef, ShellStep
 
 __all__ = ["Clock", "LocalExecutor", "RunOptions", "RunOutcome", "StepState"]
 
 DONE = frozenset({"succeeded", "skipped", "cached"})
 """Statuses that satisfy a dependent's `needs` (a skipped step counts, as in Argo)."""
+
+
+_EMPTY_DIGEST = digest_json({"result": None, "outputs": {}})
 
 
 class Clock(Protocol):
@@ -177,7 +180,16 @@ class _Run:
             for gid, g in plan.gates.items()
         }
         self.waiting = {sid: set(plan.gate_waits.get(sid, ())) for sid in plan.order}
-        self.limiter = anyio.CapacityLimiter(plan.flow.limits.concurrency)
+        # steps and gates still to reach an end (done, failed, skipped, blocked, cancelled)
+        self.unsettled = sum(1 for s in self.state.values() if s.status not in DONE) + len(
+            plan.gates
+        )
+        limit = plan.flow.limits.concurrency
+        # a limiter that can never block only costs a trip through the event loop per step
+        self.limiter: Any = (
+            anyio.CapacityLimiter(limit) if limit < len(plan.order) else contextlib.nullcontext()
+        )
+        self.secret_env: dict[str, dict[str, str]] = {}
         self.scope: anyio.CancelScope | None = None
         self.signal: int | None = None
         self.tg: Any = None
@@ -263,9 +275,11 @@ class _Run:
         )
 
     def _all_settled(self) -> bool:
-        return all(s.status not in ("pending", "running") for s in self.state.values()) and all(
-            g not in ("pending", "running") for g in self.gates.values()
-        )
+        """Counted, not rescanned: called after every step, a scan would make runs quadratic."""
+        return self.unsettled == 0
+
+    def _settle(self) -> None:
+        self.unsettled -= 1
 
     def _start_if_ready(self, sid: str) -> None:
         if (
@@ -293,6 +307,7 @@ class _Run:
                     self._start_gate(gid)
             else:
                 self.gates[gid] = "skipped"
+                self._settle()
                 self.record("gate.skipped", gate=gid, reason=f"'{sid}' did not succeed")
                 self._release(gid, passed=False)
 
@@ -315,6 +330,7 @@ class _Run:
         except Exception as exc:
             verdict = Verdict("inconclusive", f"{gid}: {type(exc).__name__}: {exc}")
         self.gates[gid] = verdict.status
+        self._settle()
         self.record("gate.evaluated", **verdict.as_record(gate))
         self._release(gid, passed=verdict.status == "pass")
         self._check_settled()
@@ -359,6 +375,7 @@ class _Run:
 
     def _after(self, sid: str) -> None:
         state = self.state[sid]
+        self._settle()
         ok = state.status in DONE or (state.status == "failed" and self._tolerated(sid))
         if state.status == "cancelled":
             self._check_settled()
@@ -383,6 +400,7 @@ class _Run:
             else f"not run: '{because}' did not succeed"
         )
         self.record("step.blocked", step=sid, reason=state.reason)
+        self._settle()
         self._gate_after_done(sid, ok=False)
         for dep in self.plan.steps[sid].dependents:
             self._block(dep, sid)
@@ -443,7 +461,10 @@ class _Run:
     ) -> None:
         assert ps.spec.for_each is not None
         name = ps.spec.for_each.as_
-        limit = anyio.CapacityLimiter(ps.spec.for_each.concurrency or len(items) or 1)
+        cap = ps.spec.for_each.concurrency
+        limit: Any = (
+            anyio.CapacityLimiter(cap) if cap and cap < len(items) else contextlib.nullcontext()
+        )
         results: list[StepState] = [StepState() for _ in items]
         self.record("step.expanded", step=ps.id, items=len(items))
 
@@ -581,7 +602,6 @@ class _Run:
             log=self._logger(ps.id, instance),
             resources=self.x.resources,
         )
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
         try:
             timeout = ps.timeout
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
@@ -589,7 +609,11 @@ class _Run:
             state.outputs = extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
             state.result = result.result
             # outputs too: a shell step's value may live in its stdout, not its result
-            state.result_digest = digest_json({"result": result.result, "outputs": state.outputs})
+            state.result_digest = (
+                _EMPTY_DIGEST
+                if result.result is None and not state.outputs
+                else digest_json({"result": result.result, "outputs": state.outputs})
+            )
             state.detail = dict(result.detail)
             state.cost_usd = result.cost_usd
             state.tokens = result.tokens
@@ -623,8 +647,11 @@ class _Run:
         return log
 
     def _secret_env(self, ps: PlannedStep) -> dict[str, str]:
+        if ps.id in self.secret_env:
+            return self.secret_env[ps.id]
         env: dict[str, str] = {}
-        for name, value in getattr(ps.spec, "env", {}).items():
+        self.secret_env[ps.id] = env
+        for name, value in (ps.spec.env if isinstance(ps.spec, ShellStep) else {}).items():
             if isinstance(value, SecretRef):
                 if value.secret not in self.x.secrets:
                     raise StepFailed(

@@ -241,6 +241,7 @@ def _write_traceback(ctx: StepContext, exc: BaseException) -> None:
     text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
     # the failure itself is what matters; its traceback file is a courtesy
     with contextlib.suppress(OSError):
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
         (ctx.workdir / "traceback.txt").write_text(ctx.redactor.text(text), encoding="utf-8")
 
 

@@ -216,6 +216,7 @@ class _Stream:
         self.name = name
         self._log = ctx.log
         self._redact = ctx.redactor.text
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = (ctx.workdir / f"{name}.log").open("wb")
         self.file_failed = False
         self._pending = bytearray()
