@@ -276,31 +276,54 @@ def _check_tabs(path: str, text: str) -> None:
 # count (after white space, `[`, `,` or `{` and before the end of the value), so prose rarely
 # trips it; a false positive only costs the slower exact path. Two stages because a leading
 # character class lets `re` skip ahead fast, and a leading look-behind does not.
-_VALUE_CANDIDATE = re.compile(r"[~NTFIin0-9.+-][\w.+-]*(?=[ \t]*(?:$|#|[,\]}]))", re.MULTILINE)
+_VALUE_CANDIDATE = re.compile(
+    r"(?:^|[ \t\r\[,{])([~NTFIin0-9.+-][\w.+-]*)(?=[ \t]*(?:$|#|[,\]}]))", re.MULTILINE
+)
 _IRREGULAR_VALUE = re.compile(
     r"~|Null|NULL|True|TRUE|False|FALSE"
     r"|-0|[-+]?0[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|\+[0-9.][\w.+-]*"
     r"|[-+]?\.?(?:inf|Inf|INF)|\.?(?:nan|NaN|NAN)"
     r"|[-+]?\.[0-9][\w.+-]*|[-+]?[0-9]+\.(?:[eE][-+]?[0-9]+)?"
 )
-_VALUE_START = frozenset(" \t\n\r[,{")
 
 
 def _has_irregular_scalar(text: str) -> bool:
+    """Candidates are whole values (after white space or a flow indicator, up to the end of
+    the value); one that the core schema and the JSON emitter would read differently sends
+    the file down the exact path."""
     fullmatch = _IRREGULAR_VALUE.fullmatch
-    for match in _VALUE_CANDIDATE.finditer(text):
-        start = match.start()
-        if (start == 0 or text[start - 1] in _VALUE_START) and fullmatch(match.group()):
-            return True
-    return False
+    return any(fullmatch(token) for token in _VALUE_CANDIDATE.findall(text))
 
 
 # A tag, anchor or alias where a node can start: at the start of a line (after indentation and
 # list dashes), after `: `, or after a flow indicator. `!x` inside a quoted CEL expression
-# (`a && !b`) does not match; a rare false positive only costs a scan of the ryml tree.
-_NODE_PROPERTY = re.compile(
-    rb"(?:^[ \t]*(?:-[ \t]+)*|:[ \t]+|[\[{,][ \t]*)[!&*][^\s=&,\]}]", re.MULTILINE
-)
+# (`a && !b`) does not count; a rare false positive only costs a scan of the ryml tree. The
+# regex finds the character fast; `_at_node_start` looks back from each (rare) hit.
+_PROPERTY_CHAR = re.compile(rb"[!&*][^\s=&,\]}]")
+
+
+def _at_node_start(raw: bytes, index: int) -> bool:
+    i = index
+    while i > 0 and raw[i - 1] in b" \t":
+        i -= 1
+    spaced = i < index
+    if i == 0 or raw[i - 1] in b"\n\r[{,":
+        return True
+    if raw[i - 1] == ord(":"):
+        return spaced
+    while spaced and raw[i - 1] == ord("-"):  # `- - !tag` at the start of a line
+        i -= 1
+        spaced = False
+        while i > 0 and raw[i - 1] in b" \t":
+            i -= 1
+            spaced = True
+        if i == 0 or raw[i - 1] in b"\n\r":
+            return True
+    return False
+
+
+def _maybe_node_properties(raw: bytes) -> bool:
+    return any(_at_node_start(raw, m.start()) for m in _PROPERTY_CHAR.finditer(raw))
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,7 +450,7 @@ def _load_fast(path: str, raw: bytes, limits: LoaderLimits) -> LoadedDocument | 
         if tree.num_children(root) != 1:
             return None
         root = tree.first_child(root)
-    if _NODE_PROPERTY.search(raw) is not None and _has_node_properties(tree):
+    if _maybe_node_properties(raw) and _has_node_properties(tree):
         return None
     text = raw.decode("utf-8")
     try:
