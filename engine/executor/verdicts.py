@@ -75,6 +75,8 @@ def judge(
             measurement.summary,
         )
     activation = dict(metrics)
+    if baseline is None and isinstance(metrics.get("baseline"), Mapping):
+        baseline = metrics["baseline"]  # a metric gate exposes the baseline it was given
     if baseline is not None:
         activation["baseline"] = dict(baseline)
     elif "baseline" in gate.spec.require:
