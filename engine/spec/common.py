@@ -123,6 +123,7 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         use_attribute_docstrings=True,
         json_schema_mode_override="validation",
+        defer_build=True,  # build a kind's validators when a document of that kind first needs them
     )
 
 
