@@ -286,8 +286,6 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
 underscore is the shared base of a family of kinds (`_StepBase`, `_GateBase`)."""
 
 FIELD_STATUS: dict[tuple[str, str], str] = {
-    ("InputSpec", "secret"): "**Not masked yet:** the value appears in the journal and in "
-    "`blocks runs show`; pass secrets through the flow's `secrets` and `{secret: NAME}`.",
     ("MetricGate", "baseline"): "**Future work:** channels do not exist yet, so a "
     "`require` that reads `baseline.*` is inconclusive.",
 }
@@ -296,7 +294,8 @@ FIELD_STATUS: dict[tuple[str, str], str] = {
 _STATUS: dict[str, str] = {
     "flow": "`blocks validate`, `plan`, `graph`, `run` and `verify` read flows.",
     "runbook": "Runbooks are validated only: running them (`blocks runbook run`) is future "
-    "work, and so are the channels and bundles their procedures act on.",
+    "work, and so are the channels their procedures act on. Every finished flow run is "
+    "already pinned into a bundle (`blocks bundle list|show|verify`).",
     "block": "Blocks are validated only; nothing runs them yet.",
     "alerts": "Alert rules are validated only; nothing evaluates them yet.",
     "step:flow": "Validated, but not runnable yet: `blocks run` stops with "
