@@ -21,7 +21,8 @@ is on (it always is), the step cache off, structured logs off. Two measurements:
 
 (a) in-process: a child process builds the plan once (`Runtime(load_settings(flow))`,
     `runtime.plan(flow)`), runs it once untimed (imports the module, warms caches), then
-    times `anyio.run(runtime.run(plan, given={}, use_cache=False))` `--inner` times:
+    times `anyio.run(runtime.run(plan, given={}, use_cache=False, bundle=False))` `--inner`
+    times:
     per-task overhead = wall / tasks. Interpreter start, imports and planning are excluded.
 (b) whole command: `blocks run FLOW --no-cache --log-format off` as its own process: wall
     time and peak RSS (GNU time's %M).
@@ -161,7 +162,8 @@ def child_main(name: str, inner: int, profile_to: str | None) -> None:
         if profiled:
             prof.enable()
         started, cpu0 = time.perf_counter(), time.process_time()
-        outcome = anyio.run(lambda: runtime.run(plan, given={}, use_cache=False))
+        # the executor alone: bundling after the run is measured in the whole-command rows
+        outcome = anyio.run(lambda: runtime.run(plan, given={}, use_cache=False, bundle=False))
         wall = time.perf_counter() - started
         cpus.append(time.process_time() - cpu0)
         if profiled:
@@ -619,7 +621,7 @@ def _preamble(
         "",
         "- **in-process**: one child process per workload and round plans once "
         "(`Runtime(load_settings(flow)).plan(flow)`), runs once untimed, then times "
-        f"`anyio.run(runtime.run(plan, given={{}}, use_cache=False))` {args.inner}× "
+        f"`anyio.run(runtime.run(plan, given={{}}, use_cache=False, bundle=False))` {args.inner}× "
         f"({args.rounds} rounds → {args.rounds * args.inner} runs per row; for the 10,002-step "
         "flows 1 per round, and `wide` in the first round only). Per task = wall / tasks. "
         "Excludes interpreter start, imports and planning, like the peers' `wall_s` (which "

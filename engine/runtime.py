@@ -228,8 +228,10 @@ class Runtime:
         use_cache: bool = True,
         on_event: Event | None = None,
         executor_hook: Callable[[LocalExecutor], None] | None = None,
+        bundle: bool = True,
     ) -> RunOutcome:
-        """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled."""
+        """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled, then
+        pin it into a bundle (`bundle=False` skips that: benchmarks of the executor alone)."""
         flow = plan.flow
         holder = f"{self.settings.user}@{socket.gethostname()}:{os.getpid()}"
         prior: dict[str, Any] = {}
@@ -286,7 +288,8 @@ class Runtime:
                 )
             finally:
                 await journal.aclose()
-            outcome.bundle = self._bundle(run_dir, redactor, on_event)
+            if bundle:
+                outcome.bundle = self._bundle(run_dir, redactor, on_event)
             return outcome
 
     def _bundle(self, run_dir: Path, redactor: Redactor, on_event: Event | None) -> str | None:
