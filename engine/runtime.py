@@ -229,6 +229,7 @@ class Runtime:
         on_event: Event | None = None,
         executor_hook: Callable[[LocalExecutor], None] | None = None,
         bundle: bool = True,
+        replay: str | None = None,
     ) -> RunOutcome:
         """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled, then
         pin it into a bundle (`bundle=False` skips that: benchmarks of the executor alone)."""
@@ -249,6 +250,8 @@ class Runtime:
         run_dir.mkdir(parents=True, exist_ok=True)
         redactor = self.redactor_for(flow, inputs)
         resources = self._resources(plan, redactor)
+        if replay is not None:
+            resources["replay"] = self._replay_answers(plan, replay)
         executor = LocalExecutor(
             cache=StepCache(self.settings.cache_dir),
             redactor=redactor,
@@ -291,6 +294,36 @@ class Runtime:
             if bundle:
                 outcome.bundle = self._bundle(run_dir, redactor, on_event)
             return outcome
+
+    def _replay_answers(self, plan: Plan, ref: str) -> dict[str, Any]:
+        """The recorded answers of a bundle's llm steps, for `blocks run --replay REF`: the
+        run is re-executed offline and its llm steps answer exactly as they did then."""
+        import json  # noqa: PLC0415
+
+        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
+
+        store = LocalBundleStore(self.settings.state_dir / "bundles")
+        try:
+            root = store.resolve(ref)
+            run = json.loads(store.read_member(root, "run.json"))
+        except EngineError as exc:
+            raise UsageError(f"cannot replay {ref}: {exc}") from None
+        if run.get("flow") != plan.flow.name:
+            raise UsageError(
+                f"bundle {ref} recorded flow '{run.get('flow')}', not '{plan.flow.name}'"
+            )
+        answers: dict[str, Any] = {}
+        paths = {m.path for m in store.get_manifest(root).members}
+        for sid, step in plan.steps.items():
+            if step.spec.kind != "llm" or f"steps/{sid}.json" not in paths:
+                continue
+            recorded = json.loads(store.read_member(root, f"steps/{sid}.json"))
+            if recorded.get("status") == "succeeded":
+                answers[sid] = {
+                    "result": recorded.get("result"),
+                    "model_answered": (recorded.get("detail") or {}).get("model_answered"),
+                }
+        return {"ref": root, "answers": answers}
 
     def _bundle(self, run_dir: Path, redactor: Redactor, on_event: Event | None) -> str | None:
         """Pin the finished run into a content-addressed bundle (written once, verifiable).

@@ -72,6 +72,15 @@ def run(
     ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    replay: Annotated[
+        str | None,
+        typer.Option(
+            "--replay",
+            metavar="BUNDLE",
+            help="Answer llm steps from a bundle's recorded answers (a run id or digest): "
+            "offline, identical outputs.",
+        ),
+    ] = None,
     log_format: Annotated[
         LogFormat,
         typer.Option(
@@ -109,8 +118,9 @@ def run(
                 given=_pairs(inputs),
                 resume=resume,
                 force=force,
-                use_cache=not no_cache,
+                use_cache=not no_cache and replay is None,
                 on_event=on_event,
+                replay=replay,
             )
         )
     finally:

@@ -56,6 +56,9 @@ class LlmKind:
         return "sha256:" + h.hexdigest()
 
     async def run(self, ctx: StepContext, resolved: Mapping[str, Any]) -> StepResult:
+        replay = ctx.resources.get("replay")
+        if replay is not None:
+            return _replayed(ctx, replay)
         gateway = ctx.resources.get("llm")
         if gateway is None:
             raise StepFailed("no LLM gateway in this run", step=ctx.instance)
@@ -83,6 +86,19 @@ class LlmKind:
             "attempts": [a for a in gateway.ledger.as_dicts() if a.get("instance") == ctx.instance],
         }
         return StepResult(result=result, detail=detail, cost_usd=cost, tokens=tokens)
+
+
+def _replayed(ctx: StepContext, replay: Mapping[str, Any]) -> StepResult:
+    """`blocks run --replay`: the answer recorded in the bundle, never a provider call."""
+    answer = replay["answers"].get(ctx.instance)
+    if answer is None:
+        raise StepFailed(
+            f"bundle {replay['ref']} holds no recorded answer for {ctx.instance}; "
+            "a replay never calls a provider",
+            step=ctx.instance,
+        )
+    detail = {"replayed_from": replay["ref"], "model_answered": answer.get("model_answered")}
+    return StepResult(result=answer["result"], detail=detail)
 
 
 def _load_json(root: Path, rel: str | None, step: str) -> Any:
