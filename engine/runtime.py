@@ -32,7 +32,7 @@ from engine.executor.local import LocalExecutor, RunOptions, RunOutcome
 from engine.executor.lock import RunLock
 from engine.executor.outputs import render_value
 from engine.executor.state import RunSummary, replay, resumable
-from engine.executor.verdicts import Verdict, run_gate
+from engine.executor.verdicts import Verdict, judge, run_gate
 from engine.gates import builtin_gate_kinds
 from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs
 from engine.plugins import GateContext, Registry
@@ -217,6 +217,43 @@ class Runtime:
             for gate in plan.gates.values():
                 tg.start_soon(one, gate)
         return [(plan.gates[g], results[g]) for g in plan.gates]
+
+    def shadow(self, plan: Plan) -> list[dict[str, Any]]:
+        """Re-judge the gate verdicts recorded in this flow's bundles with the flow's current
+        `require` expressions: which past runs would have flipped, before a new threshold is
+        enforced. Reads bundles only; runs nothing."""
+        import json  # noqa: PLC0415
+
+        from engine.plugins import Measurement  # noqa: PLC0415
+        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
+
+        store = LocalBundleStore(self.settings.state_dir / "bundles")
+        rows: list[dict[str, Any]] = []
+        for entry in store.list_bundles():
+            if entry.problem is not None:
+                continue
+            paths = {m.path for m in store.get_manifest(entry.digest).members}
+            run = json.loads(store.read_member(entry.digest, "run.json"))
+            if run.get("flow") != plan.flow.name:
+                continue
+            for gid, gate in plan.gates.items():
+                if f"gates/{gid}.json" not in paths:
+                    continue
+                recorded = json.loads(store.read_member(entry.digest, f"gates/{gid}.json"))
+                metrics = recorded.get("metrics") or {}
+                now = judge(gate, Measurement(metrics=metrics, summary=""))
+                rows.append(
+                    {
+                        "run": entry.run,
+                        "bundle": entry.digest,
+                        "gate": gid,
+                        "then": recorded.get("verdict"),
+                        "now": now.status,
+                        "flipped": recorded.get("verdict") != now.status,
+                        "explanation": now.explanation,
+                    }
+                )
+        return rows
 
     async def run(
         self,

@@ -104,3 +104,26 @@ def test_a_missing_metric_never_passes(project: Path) -> None:
     promote = next(v for v in json.loads(result.stdout) if v["gate"] == "promote")
     assert promote["status"] == "fail"
     assert "no data for accuracy, anneal_loss_flag" in promote["explanation"]
+
+
+def test_shadow_reports_the_past_runs_a_new_threshold_would_flip(project: Path) -> None:
+    assert blocks(project, "run", FLOW, "--log-format", "off").returncode == 0
+    drill = blocks(project, "run", FLOW, "--log-format", "off", "-i", "drill_flip_loss_flag=true")
+    assert drill.returncode == 1
+    flow = project / FLOW
+    text = flow.read_text()
+    assert "require: accuracy >= 0.92 && !anneal_loss_flag" in text
+    flow.write_text(
+        text.replace(
+            "require: accuracy >= 0.92 && !anneal_loss_flag",
+            "require: accuracy >= 0.995 && !anneal_loss_flag",
+        )
+    )
+    result = blocks(project, "verify", FLOW, "--shadow", "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [r for r in json.loads(result.stdout) if r["gate"] == "promote"]
+    assert sorted((r["then"], r["now"]) for r in rows) == [("fail", "fail"), ("pass", "fail")]
+    assert [r["flipped"] for r in rows if r["then"] == "pass"] == [True]
+    text_out = blocks(project, "verify", FLOW, "--shadow").stdout
+    assert "gate promote: pass -> fail" in text_out
+    assert "1 would flip" in text_out

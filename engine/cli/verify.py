@@ -37,6 +37,14 @@ def verify(
         typer.Argument(metavar="[PATH]...", help="Flow files or folders (default: pipelines)."),
     ] = None,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f")] = VerifyFormat.text,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Re-judge the verdicts recorded in past bundles with the current "
+            "thresholds and list the runs that would flip. Never fails.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate every gate of the flows in PATH now. Exit 1 if a blocker does not pass."""
     import anyio  # noqa: PLC0415
@@ -51,6 +59,9 @@ def verify(
     if missing:
         raise UsageError("no such file or folder: " + ", ".join(missing))
     rows: list[Row] = []
+    if shadow:
+        _shadow(files, fmt)
+        raise typer.Exit(EXIT_CODES["ok"])
     for path in files:
         _, spec = load_spec(path)
         if not isinstance(spec, Flow) or not spec.gates:
@@ -61,6 +72,30 @@ def verify(
     sys.stdout.write(_RENDER[fmt](rows))
     failed = any(g.blocker and v.status != "pass" for _, g, v in rows)
     raise typer.Exit(EXIT_CODES["invalid"] if failed else EXIT_CODES["ok"])
+
+
+def _shadow(files: Sequence[str], fmt: VerifyFormat) -> None:
+    from engine.runtime import Runtime, load_settings  # noqa: PLC0415
+    from engine.spec import Flow  # noqa: PLC0415
+    from engine.validate import load_spec  # noqa: PLC0415
+
+    found: list[dict[str, Any]] = []
+    for path in files:
+        _, spec = load_spec(path)
+        if isinstance(spec, Flow) and spec.gates:
+            runtime = Runtime(load_settings(path))
+            found.extend({"flow": path, **row} for row in runtime.shadow(runtime.plan(path)))
+    if fmt is VerifyFormat.json:
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+        return
+    for row in found:
+        mark = "FLIPS" if row["flipped"] else "same "
+        sys.stdout.write(
+            f"{mark} {row['run']}  gate {row['gate']}: {row['then']} -> {row['now']}\n"
+        )
+    flips = sum(1 for r in found if r["flipped"])
+    runs = len({r["run"] for r in found})
+    sys.stdout.write(f"{len(found)} recorded verdicts in {runs} runs: {flips} would flip\n")
 
 
 def _text(rows: Sequence[Row]) -> str:
