@@ -247,14 +247,11 @@ async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
         assert w.committed_seq >= seq  # never returns before its own record is covered
         seqs.append(seq)
 
-    started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for i in range(n):
             tg.start_soon(writer, i)
-    elapsed = time.perf_counter() - started
     assert len(seqs) == n
-    assert fsync.calls <= 3, fsync.calls
-    assert elapsed < 2.0  # 200 syncs of 20 ms each would take 4 s
+    assert fsync.calls <= 3, fsync.calls  # 200 commits shared 3 syncs at most
     assert max(fsync.sizes) == (tmp_path / "journal").stat().st_size
     await w.commit()  # nothing dirty: no sync
     assert fsync.calls <= 3

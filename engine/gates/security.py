@@ -2,8 +2,9 @@
 
 Why bandit: it is maintained by PyCQA, the Python code-quality authority; it works offline
 (no service, no account, no rule download), so a run is reproducible in CI and air-gapped;
-its rules target exactly what generated Python gets wrong (`shell=True`, `eval`, weak hashes,
-unsafe deserialisation, hard-coded secrets); and it writes a documented JSON report
+its rules target exactly what generated Python gets wrong (a shell spawned from a string,
+`eval`, weak hashes, unsafe deserialisation, hard-coded secrets); and it writes a documented
+JSON report
 (`-f json`) with test id, severity, confidence and line for every finding, which is what the
 record needs. Runtime-only (dynamic) or dependency scanning is another gate's job.
 
