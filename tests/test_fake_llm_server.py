@@ -321,14 +321,12 @@ async def test_stream_fault_before_the_stream_is_a_plain_status_error() -> None:
 async def test_two_hundred_concurrent_requests() -> None:
     with FakeLLMServer(script=[{"latency_ms": 300, "echo": True}]) as server:
         calls = [ask(server, f"request {i}", timeout=15.0) for i in range(200)]
-        started = time.monotonic()
-        responses = await asyncio.wait_for(asyncio.gather(*calls), timeout=25)
-        elapsed = time.monotonic() - started
+        # bounded by the wait_for: 200 calls of 300 ms one at a time would take 60 s
+        responses = await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
     assert [r.choices[0].message.content for r in responses] == [f"request {i}" for i in range(200)]
     assert server.status_counts == {200: 200}
     # litellm's pooled client opens many connections at once; far from one at a time
     assert server.max_concurrency >= 50, server.max_concurrency
-    assert elapsed < 20
 
 
 async def test_concurrency_ceiling_answers_429_with_retry_after() -> None:
