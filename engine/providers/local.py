@@ -140,36 +140,26 @@ class LocalLLM(litellm.CustomLLM):  # type: ignore[misc]  # litellm is untyped h
         )
         return model_response
 
+    # litellm calls a custom handler with keyword arguments only (litellm/main.py,
+    # custom_chat_llm_router): take the three this provider uses, ignore the rest.
     def completion(
         self,
+        *,
         model: str,
         messages: list[Any],
-        api_base: str,
-        custom_prompt_dict: dict[str, Any],
-        model_response: Any,
-        print_verbose: Any,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
         optional_params: dict[str, Any],
-        *args: Any,
-        **kwargs: Any,
+        model_response: Any,
+        **_: Any,
     ) -> Any:
         return self._answer(model, messages, optional_params, model_response)
 
     async def acompletion(
         self,
+        *,
         model: str,
         messages: list[Any],
-        api_base: str,
-        custom_prompt_dict: dict[str, Any],
-        model_response: Any,
-        print_verbose: Any,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
         optional_params: dict[str, Any],
-        *args: Any,
-        **kwargs: Any,
+        model_response: Any,
+        **_: Any,
     ) -> Any:
         return self._answer(model, messages, optional_params, model_response)
