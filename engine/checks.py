@@ -10,7 +10,7 @@ list; the caller sorts them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from engine.spec import (
     SecretRef,
     ShellStep,
 )
+from engine.spec.common import value_matches
 from engine.spec.flow import ContractGate
 
 __all__ = ["check_document", "check_raw_graph", "find_project_root"]
@@ -332,20 +333,9 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
         ctx.template(text, path, out_env)
 
 
-_VALUE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, Mapping),
-    "any": lambda v: True,
-}
-
-
 def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:
     for name, spec in inputs.items():
-        if spec.default is not None and not _VALUE_CHECKS[spec.type](spec.default):
+        if spec.default is not None and not value_matches(spec.type, spec.default):
             ctx.error(
                 "spec.bad-default",
                 f"default {describe_value(spec.default)} does not match type '{spec.type}'",

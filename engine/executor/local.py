@@ -661,8 +661,7 @@ class _Run:
         return env
 
     def _delay(self, retry: Retry, attempt: int, retry_after: float | None) -> float:
-        base = retry.initial * (2 ** (attempt - 1) if retry.backoff == "exponential" else 1)
-        delay = min(base, retry.max)
+        delay = retry.base_delay(attempt)
         if retry.jitter:
             delay = delay / 2 + self.x.rng.uniform(0, delay / 2)  # "equal jitter"
         if retry_after is not None:

@@ -16,17 +16,9 @@ from engine import expressions as ex
 from engine.errors import StepFailed
 from engine.plugins import StepResult
 from engine.spec import OutputSpec
+from engine.spec.common import value_matches
 
 __all__ = ["extract_outputs", "render_value", "resolve_pointer"]
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-}
 
 
 def render_value(value: Any, activation: Mapping[str, Any]) -> Any:
@@ -120,12 +112,6 @@ def _json(step_id: str, name: str, text: str, where: str) -> Any:
 
 
 def _check_type(step_id: str, name: str, kind: str, value: Any) -> None:
-    if kind == "any":
-        return
-    allowed = _TYPES[kind]
-    ok = isinstance(value, allowed) and not (
-        kind in ("integer", "number") and isinstance(value, bool)
-    )
-    if not ok:
+    if not value_matches(kind, value):
         got = "null" if value is None else type(value).__name__
         raise StepFailed(f"output '{name}' should be {kind}, got {got}", step=step_id)

@@ -405,8 +405,7 @@ def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _backoff(retry: Retry, attempt: int, retry_after: float | None) -> float:
-    base = retry.initial * (2 ** (attempt - 1) if retry.backoff == "exponential" else 1)
-    delay = min(base, retry.max)
+    delay = retry.base_delay(attempt)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

@@ -8,6 +8,7 @@ Must not: read files, evaluate expressions, or know about execution.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -27,6 +28,7 @@ __all__ = [
     "Text",
     "ValueType",
     "parse_duration",
+    "value_matches",
 ]
 
 LANGUAGE_VERSION = 1
@@ -111,6 +113,25 @@ Duration = Annotated[
 ]
 
 ValueType = Literal["string", "integer", "number", "boolean", "array", "object", "any"]
+
+
+def value_matches(kind: str, value: Any) -> bool:
+    """Whether a JSON value is of a `ValueType` (booleans are not numbers, as in JSON Schema)."""
+    if kind == "any":
+        return True
+    if isinstance(value, bool):
+        return kind == "boolean"
+    return isinstance(value, _PYTHON_TYPES[kind])
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": Mapping,
+}
 
 
 class SpecModel(BaseModel):

@@ -73,6 +73,12 @@ class Retry(SpecModel):
     on: list[FailureCategory] = Field(default_factory=lambda: list(DEFAULT_TRANSIENT))
     """Which failures count as transient. `exit_code` retries a shell step that exits non-zero."""
 
+    def base_delay(self, attempt: int) -> float:
+        """The wait after failed attempt `attempt` (1-based), before jitter and Retry-After:
+        `initial`, doubled each time for exponential backoff, never more than `max`."""
+        factor = 2 ** (attempt - 1) if self.backoff == "exponential" else 1
+        return float(min(self.initial * factor, self.max))
+
 
 class ModelRoute(SpecModel):
     """A named way to reach a model: a primary, ordered fallbacks, and how to call them."""
