@@ -35,14 +35,17 @@ from typing import Literal
 
 __all__ = [
     "BundleError",
+    "ChannelError",
     "Diagnostic",
     "EngineError",
     "ExecutionError",
     "ExpressionError",
     "GateError",
     "GraphError",
+    "LedgerConflict",
     "PermanentProviderError",
     "PluginError",
+    "RunbookError",
     "ProviderError",
     "RateLimitedError",
     "Severity",
@@ -204,6 +207,19 @@ class TamperError(BundleError):
 
 class WriteOnceError(BundleError):
     """Something tried to overwrite content that is written once."""
+
+
+class LedgerConflict(BundleError):
+    """Another writer appended the ledger entry this one meant to write: re-read and retry."""
+
+
+class ChannelError(EngineError):
+    """A promotion, rollback or freeze was refused (blockers failed, channel frozen, no good
+    bundle to return to). The message says why and what to do."""
+
+
+class RunbookError(EngineError):
+    """A runbook could not be started, resumed or continued (not a failing step)."""
 
 
 class GateError(EngineError):

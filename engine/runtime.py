@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -41,6 +41,9 @@ from engine.spec import Flow
 from engine.steps import builtin_step_kinds
 from engine.validate import load_spec
 
+if TYPE_CHECKING:
+    from engine.stores import BundleStore
+
 __all__ = ["Runtime", "Settings", "load_settings"]
 
 JOURNAL = "journal.log"
@@ -52,6 +55,13 @@ class Settings:
     project_root: Path
     state_dir: Path
     user: str
+    store_url: str | None = None
+    """BLOCKS_STORE: where bundles (and the channel ledger) live. None: `<state dir>/bundles`.
+    `s3://bucket/prefix` for the S3 Object Lock store (see docs/guides/bundles-and-locks.md)."""
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.state_dir / "bundles"
 
     @property
     def runs_dir(self) -> Path:
@@ -75,7 +85,7 @@ def load_settings(
         user = env.get("BLOCKS_USER") or getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return Settings(root, state, user)
+    return Settings(root, state, user, env.get("BLOCKS_STORE") or None)
 
 
 def new_run_id() -> str:
@@ -102,6 +112,13 @@ class Runtime:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self.registry = build_registry()
+
+    def store(self) -> BundleStore:
+        """The bundle store this project is configured for (imported on first use: boto3
+        only when the store is S3)."""
+        from engine.stores import open_store  # noqa: PLC0415
+
+        return open_store(self.settings.store_url, self.settings.bundles_dir, self.environ)
 
     def plan(self, flow_path: str) -> Plan:
         """Load, check and plan a flow file. Raises `SpecError` / `UsageError`."""
@@ -225,9 +242,7 @@ class Runtime:
         import json  # noqa: PLC0415
 
         from engine.plugins import Measurement  # noqa: PLC0415
-        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
-
-        store = LocalBundleStore(self.settings.state_dir / "bundles")
+        store = self.store()
         rows: list[dict[str, Any]] = []
         for entry in store.list_bundles():
             if entry.problem is not None:
@@ -337,9 +352,7 @@ class Runtime:
         run is re-executed offline and its llm steps answer exactly as they did then."""
         import json  # noqa: PLC0415
 
-        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
-
-        store = LocalBundleStore(self.settings.state_dir / "bundles")
+        store = self.store()
         try:
             root = store.resolve(ref)
             run = json.loads(store.read_member(root, "run.json"))
@@ -368,12 +381,10 @@ class Runtime:
         A run that could not be bundled is still a finished run: the failure is reported as
         an event, and `blocks bundle` can be retried from the journal."""
         from engine.executor.bundling import bundle_run, environment_facts  # noqa: PLC0415
-        from engine.stores.local import LocalBundleStore  # noqa: PLC0415
-
         try:
             return bundle_run(
                 run_dir,
-                LocalBundleStore(self.settings.state_dir / "bundles"),
+                self.store(),
                 redactor,
                 environment_facts(),
                 project_root=self.settings.project_root,

@@ -17,7 +17,7 @@ import typer
 
 if TYPE_CHECKING:
     from engine.bundle import Manifest
-    from engine.stores.local import LocalBundleStore
+    from engine.stores import BundleStore
 
 __all__ = ["bundle_app"]
 
@@ -32,11 +32,14 @@ Ref = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _store() -> LocalBundleStore:
-    from engine.runtime import load_settings  # noqa: PLC0415  (heavy: only when asked)
-    from engine.stores.local import LocalBundleStore  # noqa: PLC0415
+def _store() -> BundleStore:
+    import os  # noqa: PLC0415
 
-    return LocalBundleStore(load_settings(None).state_dir / "bundles")
+    from engine.runtime import load_settings  # noqa: PLC0415  (heavy: only when asked)
+    from engine.stores import open_store  # noqa: PLC0415
+
+    settings = load_settings(None)
+    return open_store(settings.store_url, settings.bundles_dir, os.environ)
 
 
 def _code(name: str) -> int:
@@ -45,7 +48,7 @@ def _code(name: str) -> int:
     return EXIT_CODES[name]
 
 
-def _resolve(store: LocalBundleStore, ref: str) -> str:
+def _resolve(store: BundleStore, ref: str) -> str:
     from engine.errors import BundleError, TamperError  # noqa: PLC0415
 
     try:
@@ -67,7 +70,7 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover  (the loop always returns)
 
 
-def _json_member(store: LocalBundleStore, digest: str, path: str) -> Any:
+def _json_member(store: BundleStore, digest: str, path: str) -> Any:
     return json.loads(store.read_member(digest, path))
 
 
@@ -101,7 +104,7 @@ def list_bundles(as_json: AsJson = False) -> None:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     if not rows:
-        typer.echo(f"no bundles under {store.root}")
+        typer.echo(f"no bundles in {store.location}")
         return
     for row in rows:
         head = f"{row['digest'][:19]}  {row['run'] or '-'}"

@@ -21,17 +21,24 @@ Contract, for every implementation:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from engine.bundle import BundleEntry, Manifest, VerifyReport
+from engine.errors import LedgerConflict, UsageError
 from engine.stores.local import LocalBundleStore
 
-__all__ = ["BundleStore", "LocalBundleStore"]
+__all__ = ["BundleStore", "LedgerConflict", "LocalBundleStore", "open_store"]
 
 
 @runtime_checkable
 class BundleStore(Protocol):
     """A content-addressed, write-once home for bundles."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: a folder, or `s3://bucket/prefix`."""
+        ...
 
     def put_bundle(
         self,
@@ -66,3 +73,27 @@ class BundleStore(Protocol):
     def gc(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Remove debris no manifest references; return what was removed."""
         ...
+
+    def ledger_entries(self) -> list[bytes]:
+        """Every entry of the channel ledger, in order (entry 0 first)."""
+        ...
+
+    def ledger_append(self, seq: int, data: bytes) -> None:
+        """Write ledger entry `seq` if and only if no entry `seq` exists yet (atomic: a reader
+        sees the whole entry or none). Raises `LedgerConflict` when another writer got there
+        first: the caller re-reads and decides again."""
+        ...
+
+
+def open_store(url: str | None, default_dir: Path, environ: Mapping[str, str]) -> BundleStore:
+    """The store `BLOCKS_STORE` names: unset or a path for a local directory store;
+    `s3://bucket[/prefix]` for the S3 Object Lock store (boto3 imported only then)."""
+    if not url:
+        return LocalBundleStore(default_dir)
+    if url.startswith("s3://"):
+        from engine.stores.s3 import S3BundleStore  # noqa: PLC0415  (boto3: only for S3)
+
+        return S3BundleStore.from_url(url, environ)
+    if "://" in url:
+        raise UsageError(f"BLOCKS_STORE={url!r}: expected a directory or s3://bucket[/prefix]")
+    return LocalBundleStore(Path(url))

@@ -46,7 +46,7 @@ from engine.bundle import (
     check_digest,
     node_digest,
 )
-from engine.errors import BundleError, TamperError, WriteOnceError
+from engine.errors import BundleError, LedgerConflict, TamperError, WriteOnceError
 
 __all__ = ["LocalBundleStore"]
 
@@ -55,6 +55,7 @@ _TEMP: Final = ".tmp-"
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_LEDGER_NAME: Final = re.compile(r"[0-9]{8}\.json")
 # A folder whose file system cannot hard-link falls back to rename (see _publish).
 _NO_LINK: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV})
 
@@ -69,6 +70,10 @@ class LocalBundleStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     # ---- paths ---------------------------------------------------------------------------
 
     @property
@@ -82,6 +87,10 @@ class LocalBundleStore:
     @property
     def _runs(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def _ledger(self) -> Path:
+        return self.root / "ledger"
 
     def blob_path(self, digest: str) -> Path:
         hexd = _hex(digest)
@@ -229,6 +238,32 @@ class LocalBundleStore:
             yield
         finally:
             os.close(fd)
+
+    # ---- the channel ledger --------------------------------------------------------------
+
+    def ledger_entries(self) -> list[bytes]:
+        """Every ledger entry, in order. Entries are numbered from 0 without gaps: a gap means
+        a file was removed, which the ledger's hash chain then reports."""
+        folder = self._ledger
+        if not folder.is_dir():
+            return []
+        names = sorted(n for n in os.listdir(folder) if _LEDGER_NAME.fullmatch(n))
+        return [(folder / n).read_bytes() for n in names]
+
+    def ledger_append(self, seq: int, data: bytes) -> None:
+        """Publish entry `seq` with a hard link, which fails if the name exists: of two
+        writers racing for one number exactly one wins, and readers see whole entries."""
+        if seq < 0:
+            raise BundleError(f"ledger entry number {seq} is negative")
+        final = self._ledger / f"{seq:08d}.json"
+
+        def taken(_: Path) -> None:
+            raise LedgerConflict(f"ledger entry {seq} was written by another writer")
+
+        try:
+            self._write_once(final, data, taken)
+        except OSError as exc:
+            raise BundleError(f"cannot write the channel ledger in {self._ledger}: {exc}") from exc
 
     # ---- reading -------------------------------------------------------------------------
 
