@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from engine.errors import UsageError
 from engine.graph import StepGraph
 from engine.loader import LoadedDocument
 from engine.plugins import GateKind, Registry, StepKind
-from engine.spec import GATE_METRICS, Flow, Gate, MetricGate, Retry, Step
+from engine.spec import GATE_METRICS, Flow, Gate, InputSpec, MetricGate, Retry, Step
 
 __all__ = ["Plan", "PlannedGate", "PlannedStep", "build_plan", "coerce_inputs"]
 
@@ -67,6 +67,8 @@ class Plan:
     gates: Mapping[str, PlannedGate]
     gate_waits: Mapping[str, tuple[str, ...]]
     """Step id -> the blocker gates it waits for: those that run after one of its ancestors."""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Operational overrides applied to the flow (`engine.overrides`); empty when none."""
 
     def graph(self) -> StepGraph:
         return StepGraph({sid: list(s.needs) for sid, s in self.steps.items()})
@@ -175,20 +177,32 @@ _FALSE = {"false", "no", "0", "off"}
 
 def coerce_inputs(flow: Flow, given: Mapping[str, str]) -> dict[str, Any]:
     """Typed inputs from `-i key=value` strings plus defaults. Raises `UsageError`."""
-    unknown = sorted(set(given) - set(flow.inputs))
+    return coerce_values(flow.inputs, given)
+
+
+def coerce_values(
+    specs: Mapping[str, InputSpec],
+    given: Mapping[str, str],
+    *,
+    what: str = "input",
+    flag: str = "-i",
+) -> dict[str, Any]:
+    """Typed values of declared inputs (a flow's inputs, a runbook's params) from
+    `key=value` strings plus defaults. Raises `UsageError` naming the flag to use."""
+    unknown = sorted(set(given) - set(specs))
     if unknown:
-        known = ", ".join(flow.inputs) or "none"
-        raise UsageError(f"unknown input '{unknown[0]}' (this flow's inputs: {known})")
+        known = ", ".join(specs) or "none"
+        raise UsageError(f"unknown {what} '{unknown[0]}' (the {what}s here: {known})")
     out: dict[str, Any] = {}
-    for name, spec in flow.inputs.items():
+    for name, spec in specs.items():
         if name in given:
             out[name] = _coerce(name, spec.type, given[name])
         elif spec.default is not None:
             out[name] = float(spec.default) if spec.type == "number" else spec.default
         else:
-            raise UsageError(f"input '{name}' is required: pass -i {name}=VALUE")
+            raise UsageError(f"{what} '{name}' is required: pass {flag} {name}=VALUE")
         if spec.enum is not None and out[name] not in spec.enum:
-            raise UsageError(f"input '{name}' must be one of {spec.enum}, got {out[name]!r}")
+            raise UsageError(f"{what} '{name}' must be one of {spec.enum}, got {out[name]!r}")
     return out
 
 

@@ -8,6 +8,7 @@ rules, signal handling, and structured logging setup. Must not: print to the ter
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import secrets as pysecrets
@@ -34,6 +35,7 @@ from engine.executor.outputs import render_value
 from engine.executor.state import RunSummary, replay, resumable
 from engine.executor.verdicts import Verdict, judge, run_gate
 from engine.gates import builtin_gate_kinds
+from engine.overrides import Overrides
 from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs
 from engine.plugins import GateContext, Registry
 from engine.redact import Redactor
@@ -125,7 +127,22 @@ class Runtime:
         doc, spec = load_spec(flow_path, project_root=str(self.settings.project_root))
         if not isinstance(spec, Flow):
             raise UsageError(f"{flow_path} is a {spec.kind}, not a flow")
-        return build_plan(doc, spec, self.registry, self.settings.project_root)
+        flow, applied = self.overrides().apply(spec, self.flow_key(flow_path))
+        plan = build_plan(doc, flow, self.registry, self.settings.project_root)
+        return dataclasses.replace(plan, overrides=applied) if applied else plan
+
+    def overrides(self) -> Overrides:
+        return Overrides(self.settings.state_dir / "overrides.json")
+
+    def flow_key(self, flow_path: str) -> str:
+        """A flow's path relative to the project root, `/`-separated: how overrides and
+        runbooks name it."""
+        path = Path(flow_path)
+        full = path if path.is_absolute() else Path.cwd() / path
+        try:
+            return full.resolve().relative_to(self.settings.project_root).as_posix()
+        except ValueError:
+            return full.resolve().as_posix()
 
     def secrets_for(self, flow: Flow) -> dict[str, str]:
         return {name: self.environ[name] for name in flow.secrets if self.environ.get(name)}
@@ -235,6 +252,104 @@ class Runtime:
                 tg.start_soon(one, gate)
         return [(plan.gates[g], results[g]) for g in plan.gates]
 
+    async def recheck(self, ref: str, gate_id: str | None = None) -> dict[str, Any]:
+        """Watch a bundle: re-measure its flow's `metric` and `contract` gates now, from the
+        files they read and the step outputs the bundle recorded, and combine them with the
+        recorded verdicts of its other gates. What a runbook's `gate` step runs: an artifact
+        changed since the run (a flipped flag in a summary) fails here, though the bundle's
+        own record still says pass. Reads, never writes."""
+        import json  # noqa: PLC0415
+
+        store = self.store()
+        try:
+            root = store.resolve(ref)
+        except EngineError as exc:
+            raise UsageError(f"no bundle {ref!r}: {exc}") from None
+        report = store.verify(root)
+        if not report.ok:
+            return {
+                "bundle": root,
+                "run": None,
+                "flow": None,
+                "intact": False,
+                "gates_passed": False,
+                "gates": {},
+                "failed": [f"bundle not intact: {'; '.join(report.problems())}"],
+            }
+        run = json.loads(store.read_member(root, "run.json"))
+        paths = set(store.get_manifest(root).paths)
+        recorded: dict[str, dict[str, Any]] = {}
+        for gid in run.get("gates") or {}:
+            if f"gates/{gid}.json" in paths:
+                recorded[gid] = json.loads(store.read_member(root, f"gates/{gid}.json"))
+        steps: dict[str, Any] = {}
+        for sid in run.get("steps") or {}:
+            if f"steps/{sid}.json" in paths:
+                rec = json.loads(store.read_member(root, f"steps/{sid}.json"))
+                steps[sid] = {
+                    "status": rec.get("status"),
+                    "outputs": rec.get("outputs") or {},
+                    "output": rec.get("result"),
+                }
+        spec_path = (run.get("spec") or {}).get("path")
+        plan = self.plan(str(self.settings.project_root / spec_path)) if spec_path else None
+        activation = {
+            "inputs": run.get("inputs") or {},
+            "steps": steps,
+            "run": {"id": run.get("run") or "", "flow": run.get("flow") or ""},
+        }
+        gates: dict[str, dict[str, Any]] = {}
+        for gid, rec in recorded.items():
+            if gate_id is not None and gid != gate_id:
+                continue
+            row = {
+                "severity": rec.get("severity", "blocker"),
+                "recorded": rec.get("verdict"),
+                "verdict": rec.get("verdict"),
+                "explanation": rec.get("explanation"),
+                "rechecked": False,
+            }
+            gate = plan.gates.get(gid) if plan is not None else None
+            if gate is not None and gate.spec.kind in ("metric", "contract"):
+                verdict = await self._gate_now(plan, gate, activation)  # type: ignore[arg-type]
+                row.update(
+                    verdict=verdict.status, explanation=verdict.explanation, rechecked=True
+                )
+            gates[gid] = row
+        if gate_id is not None and gate_id not in gates:
+            raise UsageError(f"bundle {root[:19]} recorded no gate '{gate_id}'")
+        failed = [
+            f"{gid}: {row['verdict']} ({row['explanation']})"
+            for gid, row in gates.items()
+            if row["severity"] == "blocker" and row["verdict"] != "pass"
+        ]
+        return {
+            "bundle": root,
+            "run": run.get("run"),
+            "flow": run.get("flow"),
+            "intact": True,
+            "status": run.get("status"),
+            "gates_passed": not failed and run.get("status") == "succeeded",
+            "gates": gates,
+            "failed": failed,
+        }
+
+    async def _gate_now(
+        self, plan: Plan, gate: PlannedGate, activation: Mapping[str, Any]
+    ) -> Verdict:
+        redactor = self.redactor_for(plan.flow)
+        ctx = GateContext(
+            run_id=str(activation["run"]["id"]) or "recheck",
+            gate_id=gate.id,
+            project_root=self.settings.project_root,
+            workdir=self.settings.state_dir / "verify" / gate.id,
+            redactor=redactor,
+            render=partial(render_value, activation=activation),
+            resources=self._resources(plan, redactor),
+        )
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        return await run_gate(gate, ctx)
+
     def shadow(self, plan: Plan) -> list[dict[str, Any]]:
         """Re-judge the gate verdicts recorded in this flow's bundles with the flow's current
         `require` expressions: which past runs would have flipped, before a new threshold is
@@ -282,9 +397,12 @@ class Runtime:
         executor_hook: Callable[[LocalExecutor], None] | None = None,
         bundle: bool = True,
         replay: str | None = None,
+        locked: bool = False,
     ) -> RunOutcome:
         """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled, then
-        pin it into a bundle (`bundle=False` skips that: benchmarks of the executor alone)."""
+        pin it into a bundle (`bundle=False` skips that: benchmarks of the executor alone).
+        `locked`: refuse (`LockError`, before anything is written) unless the flow matches
+        its lock file (`engine.lockfile`)."""
         flow = plan.flow
         holder = f"{self.settings.user}@{socket.gethostname()}:{os.getpid()}"
         prior: dict[str, Any] = {}
@@ -298,6 +416,7 @@ class Runtime:
         else:
             inputs = coerce_inputs(flow, given)
             run_id = new_run_id()
+        lock = self._lock_of_run(plan, locked, on_event)
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         redactor = self.redactor_for(flow, inputs)
@@ -330,6 +449,7 @@ class Runtime:
                         "engine": __version__,
                         "steps": len(plan.order),
                         "use_cache": use_cache,
+                        **({"overrides": dict(plan.overrides)} if plan.overrides else {}),
                     }
                 )
                 journal.append(record)
@@ -344,7 +464,7 @@ class Runtime:
             finally:
                 await journal.aclose()
             if bundle:
-                outcome.bundle = self._bundle(run_dir, redactor, on_event)
+                outcome.bundle = self._bundle(run_dir, redactor, on_event, lock)
             return outcome
 
     def _replay_answers(self, plan: Plan, ref: str) -> dict[str, Any]:
@@ -375,7 +495,38 @@ class Runtime:
                 }
         return {"ref": root, "answers": answers}
 
-    def _bundle(self, run_dir: Path, redactor: Redactor, on_event: Event | None) -> str | None:
+    def _lock_of_run(self, plan: Plan, locked: bool, on_event: Event | None) -> bytes | None:
+        """The bytes of the flow's lock file, for the bundle, when it matches the flow. With
+        `locked`, a missing, unreadable or drifted lock refuses the run (LockError); without,
+        a stale lock is left out of the bundle and reported as a `lock.stale` event."""
+        from engine import lockfile  # noqa: PLC0415
+
+        path = lockfile.lock_path(plan.path)
+        if not locked and not path.is_file():
+            return None
+        try:
+            _, data, items = lockfile.check_lock(plan, self.store)
+        except lockfile.LockError as exc:
+            if locked:
+                raise
+            problems = [str(exc)]
+        else:
+            if not items:
+                return data
+            if locked:
+                raise lockfile.LockDrifted(str(path), plan.path, items)
+            problems = [d.at(str(path)) for d in items]
+        if on_event is not None:
+            on_event({"event": "lock.stale", "lock": str(path), "drift": problems})
+        return None
+
+    def _bundle(
+        self,
+        run_dir: Path,
+        redactor: Redactor,
+        on_event: Event | None,
+        lock: bytes | None = None,
+    ) -> str | None:
         """Pin the finished run into a content-addressed bundle (written once, verifiable).
 
         A run that could not be bundled is still a finished run: the failure is reported as
@@ -388,6 +539,7 @@ class Runtime:
                 redactor,
                 environment_facts(),
                 project_root=self.settings.project_root,
+                lock=lock,
             )
         except EngineError as exc:
             if on_event is not None:

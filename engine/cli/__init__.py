@@ -22,6 +22,8 @@ EXIT_CODES: dict[str, int] = {
     "invalid": 1,  # a spec is invalid, a step failed, or a blocking gate failed
     "usage": 2,  # the command line is wrong (unknown option, missing path)
     "internal": 3,  # a bug in blocks: please report it
+    "conflict": 4,  # another writer changed the channel (or runbook) first: nothing written
+    "waiting": 5,  # a runbook paused for an approval: resume it with --resume RUN_ID
     "interrupted": 130,  # SIGINT (Ctrl-C)
     "terminated": 143,  # SIGTERM
 }
@@ -95,11 +97,17 @@ def schema_export(
 
 
 def _register_commands() -> None:
+    from engine.cli import channels as channel_commands  # noqa: PLC0415
+    from engine.cli import lock as lock_commands  # noqa: PLC0415
     from engine.cli import run as run_commands  # noqa: PLC0415
     from engine.cli.bundle import bundle_app  # noqa: PLC0415
+    from engine.cli.runbook import runbook_app  # noqa: PLC0415
 
     run_commands.register(app)
+    lock_commands.register(app)
+    channel_commands.register(app)
     app.add_typer(bundle_app, name="bundle")
+    app.add_typer(runbook_app, name="runbook")
 
 
 _register_commands()

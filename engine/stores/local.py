@@ -16,6 +16,8 @@ Layout under `root`::
 Write protocol. Every file is written to a temp file (``.tmp-*``) in its final folder,
 fsynced, made read-only, then hard-linked to its final name (a link never replaces an
 existing file), and the folder is fsynced. An existing blob is verified, never rewritten.
+Blobs are pipelined: a worker thread fsyncs and links one blob while the next is written,
+and each blob folder is fsynced once, after its last link (see `_put_blobs`).
 The manifest is written only after every blob it names is durable, and the run index last:
 a manifest exists only if all its blobs do. A crash or kill leaves at worst temp files and
 unreferenced blobs, which `gc` removes; a full disk is reported as `BundleError` with the
@@ -26,6 +28,8 @@ gets the next entry, and only if the new bundle names the current one as the bun
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -33,7 +37,7 @@ import functools
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -51,6 +55,8 @@ from engine.errors import BundleError, LedgerConflict, TamperError, WriteOnceErr
 __all__ = ["LocalBundleStore"]
 
 _CHUNK: Final = 1 << 20
+_IN_FLIGHT: Final = 32
+"""Blobs written but not yet fsynced, at most (each holds an open file descriptor)."""
 _TEMP: Final = ".tmp-"
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
@@ -130,12 +136,70 @@ class LocalBundleStore:
         return root
 
     def _put_blobs(self, manifest: Manifest, members: Mapping[str, bytes]) -> None:
-        done: set[str] = set()
+        """Write every blob the store lacks, durably, before anything names it.
+
+        The same protocol as `_write_once`, pipelined: each blob goes to a temp file in its
+        final folder, and a worker thread fsyncs it and only then links it to its name,
+        while this thread writes the next one (at most `_IN_FLIGHT` not yet durable). Each
+        folder that got a new name is fsynced once, after the last link and before the
+        manifest. On any error every temp file is removed; blobs already linked are whole.
+        """
+        todo: dict[str, tuple[Member, Path]] = {}
         for m in manifest.members:
-            if m.digest not in done:
-                done.add(m.digest)
-                check = functools.partial(self._check_blob, member=m)
-                self._write_once(self.blob_path(m.digest), members[m.path], check)
+            if m.digest in todo:
+                continue
+            final = self.blob_path(m.digest)
+            if final.exists():  # stored already: verified, never rewritten
+                self._check_blob(final, member=m)
+                continue
+            todo[m.digest] = (m, final)
+        if not todo:
+            return
+        folders = {final.parent for _, final in todo.values()}
+        _ensure_dirs(folders)
+        temps: list[str] = []
+        pending: collections.deque[tuple[concurrent.futures.Future[None], int]]
+        pending = collections.deque()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="blocks-fsync") as sync:
+            try:
+                for m, final in todo.values():
+                    while len(pending) >= _IN_FLIGHT:
+                        pending.popleft()[0].result()
+                    fd, tmp = tempfile.mkstemp(prefix=_TEMP, dir=final.parent)
+                    temps.append(tmp)
+                    try:
+                        _write_all(fd, members[m.path])
+                        os.fchmod(fd, 0o444)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    check = functools.partial(self._check_blob, member=m)
+                    future = sync.submit(self._durable_link, fd, tmp, final, check)
+                    pending.append((future, fd))
+                while pending:
+                    pending.popleft()[0].result()
+            finally:  # after an error: what the worker has not started is closed here
+                for future, fd in pending:
+                    if future.cancel():
+                        os.close(fd)
+                concurrent.futures.wait([future for future, _ in pending])
+                for tmp in temps:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+        for folder in sorted(folders):
+            _sync_dir(folder)
+
+    def _durable_link(
+        self, fd: int, tmp: str, final: Path, existing: Callable[[Path], None]
+    ) -> None:
+        """fsync and close `fd` (the temp file `tmp`), then give it its final name; if a
+        concurrent put published that name first, `existing` checks what is there."""
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not self._publish(tmp, final):
+            existing(final)
 
     def _put_manifest(self, manifest: Manifest) -> None:
         data = manifest.to_bytes()
@@ -196,10 +260,7 @@ class LocalBundleStore:
         fd, tmp = tempfile.mkstemp(prefix=_TEMP, dir=final.parent)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view[:_CHUNK])
-                    view = view[written:]
+                _write_all(fd, data)
                 os.fchmod(fd, 0o444)
                 os.fsync(fd)
             finally:
@@ -499,11 +560,35 @@ def _index_name(run_id: str, n: int) -> str:
 
 
 def _hash_file(path: Path) -> str:
+    """The leaf digest of a file, read in pieces into one buffer (no copy per piece)."""
     h = LeafHasher()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(max(1, min(_CHUNK, os.fstat(fh.fileno()).st_size)))
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
     return h.digest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[:_CHUNK])
+        view = view[written:]
+
+
+def _ensure_dirs(folders: Iterable[Path]) -> None:
+    """mkdir -p for each folder, making every new entry durable: each parent that got a new
+    folder is fsynced once, after all of them are made."""
+    parents: set[Path] = set()
+    for folder in folders:
+        probe = folder
+        while not probe.is_dir():
+            parents.add(probe.parent)
+            probe = probe.parent
+        folder.mkdir(parents=True, exist_ok=True)
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        _sync_dir(parent)
 
 
 def _ensure_dir(folder: Path) -> None:
