@@ -268,10 +268,14 @@ class Channels:
         *,
         user: str,
         clock: Callable[[], str] = _now,
+        before_append: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.user = user
         self._clock = clock
+        self._before_append = before_append
+        """Called with the entry number just before it is written: tests hold two writers
+        there to make them race for one number."""
         self._facts: dict[str, BundleFacts] = {}
 
     # ---- reading -------------------------------------------------------------------------
@@ -284,8 +288,12 @@ class Channels:
             entry = Entry.parse(data, seq)
             if entry.prev != prev:
                 raise TamperError(
-                    f"the channel ledger's chain is broken at entry {seq}: it names "
-                    f"{entry.prev} as the entry before it, but that entry's digest is {prev}"
+                    f"the channel ledger's chain is broken between entries {seq - 1} and "
+                    f"{seq}: entry {seq} names {entry.prev} as the one before it, but entry "
+                    f"{seq - 1} hashes to {prev} (it was edited, replaced or removed)"
+                    if seq
+                    else "the channel ledger's entry 0 names an entry before it: the "
+                    "start of the ledger was removed"
                 )
             out.append(entry)
             prev = entry.digest
@@ -504,6 +512,8 @@ class Channels:
             prev = entries[-1].digest if entries else None
             entry = Entry(**{**_fields(entry), "seq": seq, "prev": prev})
             data = entry.to_bytes()
+            if self._before_append is not None:
+                self._before_append(seq)
             try:
                 self.store.ledger_append(seq, data)
             except LedgerConflict:

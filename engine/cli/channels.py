@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -37,7 +40,26 @@ def open_channels(user: str | None = None) -> Channels:
 
     settings = load_settings(None)
     store = open_store(settings.store_url, settings.bundles_dir, os.environ)
-    return Channels(store, user=user or settings.user)
+    return Channels(store, user=user or settings.user, before_append=_test_barrier())
+
+
+def _test_barrier() -> Callable[[int], None] | None:
+    """BLOCKS_FAULTS=wait@ledger.append:PATH (tests only): after deciding, announce it by
+    creating PATH.<pid>, then wait (up to a minute) for PATH to exist before writing the
+    entry. Two commands held there race for one ledger entry number for real."""
+    plan = os.environ.get("BLOCKS_FAULTS", "")
+    prefix = "wait@ledger.append:"
+    if not plan.startswith(prefix):
+        return None
+    gate = Path(plan.removeprefix(prefix))
+
+    def wait(_: int) -> None:
+        Path(f"{gate}.{os.getpid()}").touch()
+        deadline = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    return wait
 
 
 def _short(digest: str | None) -> str:

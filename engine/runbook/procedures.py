@@ -259,7 +259,7 @@ class Procedures:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(store.read_member(root, m.path))  # verified on read
         (tmp / "manifest.json").write_bytes(manifest.to_bytes())
-        statement = _provenance(root, manifest.as_dict(), store)
+        statement = _provenance(root, manifest, store)
         (tmp / "provenance.intoto.json").write_text(json.dumps(statement, indent=2) + "\n")
         if target.exists():
             target.rmdir()
@@ -386,12 +386,12 @@ def _post(url: str, message: str) -> None:
         raise ProcedureFailed(f"webhook {_host(url)} failed: {type(exc).__name__}") from None
 
 
-def _provenance(root: str, manifest: Mapping[str, Any], store: Any) -> dict[str, Any]:
+def _provenance(root: str, manifest: Any, store: Any) -> dict[str, Any]:
     """An unsigned in-toto Statement v1 with a SLSA provenance v1 predicate."""
     run = json.loads(store.read_member(root, "run.json"))
     subjects = [
-        {"name": m["path"], "digest": {"sha256": str(m["digest"]).removeprefix("sha256:")}}
-        for m in manifest.get("members", [])
+        {"name": m.path, "digest": {"sha256": str(m.digest).removeprefix("sha256:")}}
+        for m in manifest.members
     ]
     return {
         "_type": "https://in-toto.io/Statement/v1",

@@ -27,7 +27,7 @@ def _cell(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _what(rec: Mapping[str, Any]) -> str:  # noqa: PLR0911
+def _what(rec: Mapping[str, Any]) -> str:
     event = rec.get("event")
     if event == "step.started":
         do = rec.get("do") or {}

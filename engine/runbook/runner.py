@@ -290,7 +290,11 @@ class RunbookRunner:
                 )
                 return "failed"
             act = self._activation(state, procs)
-            if step.when is not None and not self._when(step, act):
+            # a step that had started before a pause or a crash passed its `when` then:
+            # resuming does not ask again (the state it looked at may have moved since)
+            started = state.in_flight == step.id
+            state.in_flight = None
+            if step.when is not None and not started and not self._when(step, act):
                 state.steps[step.id] = {"status": "skipped", "outputs": {}, "result": {}}
                 state.position += 1
                 await self._emit(
@@ -341,6 +345,7 @@ class RunbookRunner:
                         "error": str(failure),
                         "did": failure.did,
                         "result": failure.result,
+                        "rechecked": dict(procs.rechecked),
                         "on_failure": how if isinstance(how, str) else f"goto {how.goto}",
                         "next": nxt,
                     },
@@ -549,6 +554,7 @@ class RunbookRunner:
                 if str(rec.get("on_failure", "")).startswith("goto"):
                     state.failed_hard = True
                 state.in_flight = None
+                state.rechecked.update(rec.get("rechecked") or {})
                 if rec.get("next") is not None:
                     state.position = int(rec["next"])
             elif event == "step.skipped":
@@ -557,7 +563,7 @@ class RunbookRunner:
             elif event == "approval.given":
                 state.approvals.setdefault(str(sid), []).append(str(rec.get("by")))
             elif event == "runbook.paused":
-                state.in_flight = None
+                state.in_flight = str(sid)
             elif event == "undo.succeeded":
                 state.undone.add(str(sid))
         if state.finished is not None and state.finished != "paused":
