@@ -39,7 +39,7 @@ from engine.overrides import Overrides
 from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs
 from engine.plugins import GateContext, Registry
 from engine.redact import Redactor
-from engine.spec import Flow
+from engine.spec import Flow, MetricGate
 from engine.steps import builtin_step_kinds
 from engine.validate import load_spec
 
@@ -157,13 +157,64 @@ class Runtime:
         return Redactor(values)
 
     def _resources(self, plan: Plan, redactor: Redactor) -> dict[str, Any]:
-        """The provider gateway, for flows with llm steps (shared by all steps of the run)."""
+        """What steps and gates share in a run: the provider gateway (for flows with llm
+        steps) and the baselines of gates that compare with a channel."""
+        resources: dict[str, Any] = {}
+        baselines = self._baselines(plan)
+        if baselines:
+            resources["baselines"] = baselines
+        gateway = self._gateway(plan, redactor)
+        if gateway is not None:
+            resources["llm"] = gateway
+        return resources
+
+    def _baselines(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        """Gate id -> the metrics the same gate recorded in the bundle its baseline channel
+        serves now (and that bundle's digest under `bundle`). A channel that serves nothing,
+        a bundle of another flow, or one that is not intact gives no baseline: the gate is
+        then inconclusive, never a pass."""
+        wanted = {
+            gid: g.spec.baseline.channel
+            for gid, g in plan.gates.items()
+            if isinstance(g.spec, MetricGate) and g.spec.baseline is not None
+        }
+        if not wanted:
+            return {}
+        import json  # noqa: PLC0415
+
+        from engine.channels import Channels  # noqa: PLC0415
+
+        store = self.store()
+        chans = Channels(store, user=self.settings.user)
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            state = chans.state()
+        except EngineError:
+            return {}
+        for gid, channel in wanted.items():
+            current = state.get(channel)
+            if current is None or current.bundle is None:
+                continue
+            try:
+                if not store.verify(current.bundle).ok:
+                    continue
+                run = json.loads(store.read_member(current.bundle, "run.json"))
+                if run.get("flow") != plan.flow.name:
+                    continue
+                gate = json.loads(store.read_member(current.bundle, f"gates/{gid}.json"))
+            except (EngineError, ValueError):
+                continue
+            metrics = {k: v for k, v in (gate.get("metrics") or {}).items() if k != "baseline"}
+            out[gid] = {"metrics": metrics, "bundle": current.bundle, "channel": channel}
+        return out
+
+    def _gateway(self, plan: Plan, redactor: Redactor) -> Any:
         flow = plan.flow
         uses_llm = any(s.spec.kind == "llm" for s in plan.steps.values()) or any(
             g.spec.kind == "review" for g in plan.gates.values()
         )
         if not uses_llm:
-            return {}
+            return None
         from engine.providers import Gateway, provider_of  # noqa: PLC0415
         from engine.providers.budget import Budget, Ledger  # noqa: PLC0415
         from engine.providers.circuits import CircuitBoard  # noqa: PLC0415
@@ -181,7 +232,7 @@ class Runtime:
             ledger=Ledger(),
             redactor=redactor,
         )
-        return {"llm": gateway}
+        return gateway
 
     def run_dir(self, run_id: str) -> Path:
         return self.settings.runs_dir / run_id

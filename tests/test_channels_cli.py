@@ -216,3 +216,28 @@ def test_concurrent_changes_to_different_channels_both_land(release: Project) ->
         assert p.returncode == 0, err
     state = channels(release)
     assert state["prod"]["bundle"] == state["staging"]["bundle"] == a["bundle"]
+
+
+def gate(project: Project, run_id: str, gate_id: str) -> dict[str, Any]:
+    done = project.blocks("bundle", "show", run_id, "--json")
+    assert done.returncode == 0, project.explain(done)
+    return dict(json.loads(done.stdout)["gates"][gate_id])
+
+
+def test_a_baseline_gate_compares_with_the_bundle_prod_serves(release: Project) -> None:
+    first = release_run(release, score=0.95)
+    verdict = gate(release, first["run_id"], "no_regression")
+    assert verdict["verdict"] == "inconclusive"  # prod serves nothing yet: never a pass
+    assert "no baseline" in verdict["explanation"]
+    assert release.blocks("promote", first["run_id"], "-c", "prod").returncode == 0
+
+    worse = release_run(release, score=0.92)  # passes its blocker, regresses against prod
+    verdict = gate(release, worse["run_id"], "no_regression")
+    assert verdict["verdict"] == "fail"
+    assert verdict["severity"] == "warn"
+    assert verdict["evidence"]["baseline"] == {"score": 0.95}
+    assert verdict["evidence"]["baseline_bundle"] == first["bundle"]
+    assert worse["status"] == "succeeded"  # a warning is recorded, not blocking
+
+    close = release_run(release, score=0.94)
+    assert gate(release, close["run_id"], "no_regression")["verdict"] == "pass"

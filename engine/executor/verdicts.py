@@ -18,7 +18,7 @@ from engine.errors import ExpressionError, GateError
 from engine.plan import PlannedGate
 from engine.plugins import GateContext, Measurement
 
-__all__ = ["Verdict", "judge", "run_gate"]
+__all__ = ["Verdict", "baseline_for", "judge", "run_gate"]
 
 Status = Literal["pass", "fail", "inconclusive"]
 
@@ -127,5 +127,15 @@ async def run_gate(gate: PlannedGate, ctx: GateContext) -> Verdict:
         measurement = await gate.kind.measure(ctx, gate.spec)
     except GateError as exc:
         return Verdict("inconclusive", f"{gate.id}: the gate could not run: {exc}")
-    baseline = ctx.resources.get("baseline")
-    return judge(gate, measurement, baseline if isinstance(baseline, Mapping) else None)
+    return judge(gate, measurement, baseline_for(ctx))
+
+
+def baseline_for(ctx: GateContext) -> Mapping[str, Any] | None:
+    """The baseline metrics the engine resolved for this gate (`resources["baselines"]`,
+    by gate id), or a single `resources["baseline"]` given by a caller."""
+    found = (ctx.resources.get("baselines") or {}).get(ctx.gate_id)
+    if isinstance(found, Mapping):
+        metrics = found.get("metrics")
+        return metrics if isinstance(metrics, Mapping) else None
+    single = ctx.resources.get("baseline")
+    return single if isinstance(single, Mapping) else None

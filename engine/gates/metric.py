@@ -61,9 +61,16 @@ class MetricKind:
         files = {rel: doc["sha256"] for rel, doc in documents.items() if doc.get("sha256")}
         if files:
             evidence["files"] = files
-        baseline = ctx.resources.get(BASELINE_RESOURCE)
+        resolved = (ctx.resources.get("baselines") or {}).get(ctx.gate_id)
+        baseline = (
+            resolved.get("metrics")
+            if isinstance(resolved, Mapping)
+            else ctx.resources.get(BASELINE_RESOURCE)
+        )
         if gate.baseline is not None:
             evidence["baseline_channel"] = gate.baseline.channel
+        if isinstance(resolved, Mapping):
+            evidence["baseline_bundle"] = resolved.get("bundle")
         if isinstance(baseline, Mapping):
             metrics["baseline"] = dict(baseline)
             evidence["baseline"] = dict(baseline)
