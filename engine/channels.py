@@ -24,11 +24,14 @@ The rules:
 - `promote`: the bundle must be intact (re-hashed), from a run that succeeded, with every
   blocking gate passed. A frozen channel refuses promotions.
 - `rollback`: to `last-good` (walking back through what the channel served, newest first,
-  the first intact bundle other than the current one whose blockers passed), to `before:T`
-  (the last good bundle the channel served before time T, UTC ISO 8601), or to a named
-  bundle (which must be good). A rollback is an entry like any other, so it can itself be
-  rolled back: after A, B, rollback (→ A), `rollback` again returns to B. Freezing does not
-  block rollbacks: freezing and rolling back are what an incident does together.
+  the first intact bundle other than the current one whose blockers passed and that the
+  channel was not rolled back away from since it was last promoted), to `previous` (exactly
+  the bundle it served before its latest move: this is how a rollback is rolled back), to
+  `before:T` (the last good bundle it served before time T, UTC ISO 8601), or to a named
+  bundle. The target must be intact with its blockers passed. A rollback is an entry like
+  any other: after A, B, rollback (→ A), `rollback --to previous` returns to B, while a
+  plain `rollback` would not bounce back to B, the bundle just rolled away from. Freezing
+  does not block rollbacks: freezing and rolling back are what an incident does together.
 - `freeze` / `unfreeze` a channel, or `all` of them: while `all` is frozen every channel is,
   whatever its own flag says.
 """
@@ -192,6 +195,18 @@ class Entry:
 
 def _with_digest(entry: Entry, data: bytes) -> Entry:
     return Entry(**{**_fields(entry), "digest": entry_digest(data)})
+
+
+def _rolled_back_from(state: ChannelState) -> dict[str, int]:
+    """Bundles the channel was rolled back away from and not promoted again since, with the
+    rollback entry's number: `last-good` does not return to them."""
+    left: dict[str, int] = {}
+    for e in state.history:
+        if e.action == "rollback" and e.previous is not None:
+            left[e.previous] = e.seq
+        elif e.action == "promote" and e.bundle is not None:
+            left.pop(e.bundle, None)
+    return left
 
 
 def _fields(entry: Entry) -> dict[str, Any]:
@@ -446,10 +461,19 @@ class Channels:
         return self._append(channel, decide)
 
     def rollback_target(self, state: ChannelState, to: str) -> BundleFacts:
+        """The bundle a rollback of `state`'s channel to `to` would point it at."""
         name = state.name
         served = state.served()
+        if not served:
+            raise ChannelError(f"channel {name} has never served a bundle")
+        if to == "previous":
+            last = served[0]
+            if last.previous is None:
+                raise ChannelError(f"channel {name} served nothing before entry {last.seq}")
+            return self._good(name, last.previous, f"previous ({last.previous[:19]})", state)
         if to == "last-good" or to.startswith("before:"):
             before = parse_time(to.removeprefix("before:")) if to != "last-good" else None
+            left = _rolled_back_from(state)
             seen: set[str] = set()
             rejected: list[str] = []
             for e in served:
@@ -459,21 +483,25 @@ class Channels:
                 if before is not None and e.at >= before:
                     continue
                 seen.add(digest)
+                if digest in left:
+                    rejected.append(f"{digest[:19]}: rolled back from in entry {left[digest]}")
+                    continue
                 facts = self.facts(digest)
                 if facts.gates_passed:
                     return facts
                 rejected.append(f"{digest[:19]}: {facts.why_not()}")
             where = f" before {to.removeprefix('before:')}" if before else ""
             detail = ("; skipped " + "; ".join(rejected)) if rejected else ""
-            if not served:
-                raise ChannelError(f"channel {name} has never served a bundle")
             raise ChannelError(
                 f"no good bundle to roll {name} back to{where}: it served "
                 f"{len({e.bundle for e in served})} bundle(s){detail}"
             )
-        facts = self.facts(to)
+        return self._good(name, to, to, state)
+
+    def _good(self, name: str, ref: str, label: str, state: ChannelState) -> BundleFacts:
+        facts = self.facts(ref)
         if not facts.gates_passed:
-            raise ChannelError(f"refusing to roll {name} back to {to}: {facts.why_not()}")
+            raise ChannelError(f"refusing to roll {name} back to {label}: {facts.why_not()}")
         if facts.digest == state.bundle:
             raise ChannelError(f"channel {name} already serves {facts.digest[:19]}")
         return facts

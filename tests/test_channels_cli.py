@@ -61,8 +61,13 @@ def test_promote_rollback_and_roll_back_the_rollback(release: Project) -> None:
     assert channels(release)["prod"]["bundle"] == a["bundle"]
     assert f"rolled prod back to {a['bundle'][:19]}" in done.stdout
 
-    # the rollback is an entry like any other: rolling back again returns to b
-    done = release.blocks("rollback", "--channel", "prod", "--reason", "false alarm")
+    # last-good never bounces back to the bundle just rolled away from
+    done = release.blocks("rollback", "--channel", "prod")
+    assert done.returncode == 1
+    assert "rolled back from in entry 2" in done.stderr
+
+    # the rollback is an entry like any other: rolling it back returns to b
+    done = release.blocks("rollback", "-c", "prod", "--to", "previous", "-r", "false alarm")
     assert done.returncode == 0, release.explain(done)
     assert channels(release)["prod"]["bundle"] == b["bundle"]
 

@@ -108,8 +108,10 @@ def rollback(
         typer.Option(
             "--to",
             metavar="TARGET",
-            help="last-good (default), a bundle (run id or digest), or before:TIME "
-            "(ISO 8601, for example before:2026-11-01T00:00:00Z).",
+            help="last-good (default: the newest good bundle it served, never one it was "
+            "rolled back away from), previous (undo the latest move, e.g. roll back a "
+            "rollback), a bundle (run id or digest), or before:TIME (ISO 8601, for example "
+            "before:2026-11-01T00:00:00Z).",
         ),
     ] = "last-good",
     reason: ReasonOpt = None,

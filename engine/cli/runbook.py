@@ -120,6 +120,10 @@ def _printer(as_json: bool) -> Any:
     return show
 
 
+def _cel(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _prompt(step: str, message: str) -> str | None:
     typer.echo(f"\napproval needed for step {step}: {message}")
     answer: str = typer.prompt(
@@ -193,13 +197,17 @@ def run_command(
             return
         typer.echo(f"dry run of {runbook}: nothing will be changed")
         for i, row in enumerate(rows, 1):
-            when = "" if row["when"] is None else f"  (when: {row['when']})"
+            when = (
+                "" if row["when"] is None else f"  (when, as things stand now: {_cel(row['when'])})"
+            )
             typer.echo(f"{i:>2}. {row['step']} [{row['kind']}]{when}")
             typer.echo(f"      would: {row['change']}")
             if row["verify"]:
                 typer.echo(f"      verify: {row['verify']}")
             if row["undo"]:
-                typer.echo(f"      undo: {row['undo']}")
+                undo = row["undo"]
+                args = ", ".join(f"{k}: {v}" for k, v in undo.items() if k != "kind")
+                typer.echo(f"      undo: {undo['kind']} {args}".rstrip())
             if row["on_failure"] != "abort":
                 typer.echo(f"      on failure: {row['on_failure']}")
         return

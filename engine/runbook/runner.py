@@ -178,7 +178,14 @@ class RunbookRunner:
                 row["args"] = None
                 row["change"] = f"depends on earlier steps: {exc}"
             row["verify"] = step.verify
-            row["undo"] = step.undo.kind if step.undo is not None else None
+            row["undo"] = None
+            if step.undo is not None:
+                try:
+                    row["undo"] = render_value(
+                        step.undo.model_dump(by_alias=True, exclude_none=True), act
+                    )
+                except ExpressionError:
+                    row["undo"] = {"kind": step.undo.kind}
             row["on_failure"] = (
                 step.on_failure
                 if isinstance(step.on_failure, str)

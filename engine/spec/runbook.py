@@ -50,7 +50,8 @@ class RollbackProc(_Proc):
     kind: Literal["rollback"]
     channel: Text
     to: Text = "last-good"
-    """`last-good`, a bundle id, or `before:2026-11-01T00:00:00Z`."""
+    """`last-good`, `previous` (undo the channel's latest move), a bundle id, or
+    `before:2026-11-01T00:00:00Z`."""
     reason: Text | None = None
 
 
