@@ -1,7 +1,8 @@
 """Where context bundles are kept: the `BundleStore` contract and its implementations.
 
-Owns: the `BundleStore` protocol every store meets (`local.LocalBundleStore` today; an S3
-Object Lock store behind the same methods later) and the re-export of the local store.
+Owns: the `BundleStore` protocol every store meets (`local.LocalBundleStore`, and
+`s3.S3BundleStore` on a bucket with Object Lock, imported only for `s3://` URLs) and the
+re-export of the local store.
 Must not: build bundle members or read journals (`engine.bundle` and the executor do),
 print, or read the environment (runtime says where the store is).
 
