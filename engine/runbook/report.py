@@ -27,6 +27,17 @@ def _cell(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _result(result: Any) -> str:
+    """A procedure's result for people: a gate check says which gates fail and why."""
+    if isinstance(result, Mapping) and "gates_passed" in result:
+        bundle = str(result.get("bundle") or "")[:19]
+        if result.get("gates_passed"):
+            return f"bundle {bundle}: blocking gates pass"
+        failed = "; ".join(str(f) for f in result.get("failed") or [])
+        return f"bundle {bundle}: blocking gates FAIL: {_cell(failed, 300)}"
+    return _cell(result, 100)
+
+
 def _what(rec: Mapping[str, Any]) -> str:
     event = rec.get("event")
     if event == "step.started":
@@ -35,9 +46,11 @@ def _what(rec: Mapping[str, Any]) -> str:
         return f"start `{do.get('kind')}` {_cell(args, 100)}"
     if event == "step.succeeded":
         verify = f"; verify `{rec['verify']}` held" if rec.get("verify") else ""
-        return f"done{verify}: {_cell(rec.get('result'), 100)}"
+        return f"done{verify}: {_result(rec.get('result'))}"
     if event == "step.failed":
-        return f"**failed**: {_cell(rec.get('error'))} -> {rec.get('on_failure')}"
+        seen = _result(rec.get("result")) if rec.get("result") else ""
+        seen = f" ({seen})" if seen else ""
+        return f"**failed**: {_cell(rec.get('error'))}{seen} -> {rec.get('on_failure')}"
     if event == "step.skipped":
         return f"skipped ({_cell(rec.get('reason'))})"
     if event == "approval.given":
