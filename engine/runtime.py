@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import json
 import os
 import secrets as pysecrets
 import signal
@@ -50,6 +51,7 @@ __all__ = ["Runtime", "Settings", "load_settings"]
 
 JOURNAL = "journal.log"
 LOCK = "lock"
+MAX_SUBFLOW_DEPTH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ class Runtime:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self.registry = build_registry()
+        self._depth = 0
+        """How deep in sub-flows this runtime runs (0: the flow the user started)."""
 
     def store(self) -> BundleStore:
         """The bundle store this project is configured for (imported on first use: boto3
@@ -166,7 +170,43 @@ class Runtime:
         gateway = self._gateway(plan, redactor)
         if gateway is not None:
             resources["llm"] = gateway
+        if any(s.spec.kind == "flow" for s in plan.steps.values()):
+            resources["subflow"] = partial(self._subflow, depth=self._depth + 1)
         return resources
+
+    async def _subflow(
+        self, path: str, inputs: Mapping[str, Any], run_id: str, *, depth: int
+    ) -> dict[str, Any]:
+        """Run a sub-flow for a `flow` step: a run of its own (journal, lock, bundle), in
+        this process, under the parent's signal handling. Resumes the child if a run of
+        that id was interrupted (the parent was killed mid-step)."""
+        if depth > MAX_SUBFLOW_DEPTH:
+            raise ExecutionError(
+                f"sub-flows nest deeper than {MAX_SUBFLOW_DEPTH} (a flow that runs itself?)"
+            )
+        child = Runtime(self.settings, environ=self.environ)
+        child._depth = depth
+        plan = child.plan(path)
+        given = {k: v if isinstance(v, str) else json.dumps(v) for k, v in inputs.items()}
+        resume = None
+        if (self.run_dir(run_id) / JOURNAL).exists():
+            summary = self.summary(run_id)
+            if summary.status == "succeeded":
+                return _child_outcome(summary.run_id, "succeeded", summary)
+            resume = run_id
+        outcome = await child.run(
+            plan, given=given, resume=resume, run_id=run_id, signals=False, force=True
+        )
+        failed = [sid for sid, st in outcome.steps.items() if st.status == "failed"]
+        reasons = [st.error for st in outcome.steps.values() if st.error]
+        return {
+            "run_id": outcome.run_id,
+            "status": outcome.status,
+            "outputs": outcome.outputs,
+            "bundle": outcome.bundle,
+            "failed": failed,
+            "reason": reasons[0] if reasons else None,
+        }
 
     def _baselines(self, plan: Plan) -> dict[str, dict[str, Any]]:
         """Gate id -> the metrics the same gate recorded in the bundle its baseline channel
@@ -449,6 +489,8 @@ class Runtime:
         bundle: bool = True,
         replay: str | None = None,
         locked: bool = False,
+        run_id: str | None = None,
+        signals: bool = True,
     ) -> RunOutcome:
         """Run (or resume) a flow under the run lock, with SIGINT / SIGTERM handled, then
         pin it into a bundle (`bundle=False` skips that: benchmarks of the executor alone).
@@ -466,7 +508,7 @@ class Runtime:
             run_id = resume
         else:
             inputs = coerce_inputs(flow, given)
-            run_id = new_run_id()
+            run_id = run_id or new_run_id()
         lock = self._lock_of_run(plan, locked, on_event)
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -509,9 +551,8 @@ class Runtime:
                 options = RunOptions(
                     run_id, inputs, use_cache=use_cache, force=force, holder=holder
                 )
-                outcome = await _with_signals(
-                    executor, executor.run(plan, options, journal, prior=prior, run_dir=run_dir)
-                )
+                work = executor.run(plan, options, journal, prior=prior, run_dir=run_dir)
+                outcome = await (_with_signals(executor, work) if signals else work)
             finally:
                 await journal.aclose()
             if bundle:
@@ -596,6 +637,17 @@ class Runtime:
             if on_event is not None:
                 on_event({"event": "bundle.failed", "error": str(exc)})
             return None
+
+
+def _child_outcome(run_id: str, status: str, summary: RunSummary) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": status,
+        "outputs": dict(summary.outputs or {}),
+        "bundle": None,
+        "failed": [],
+        "reason": None,
+    }
 
 
 def _check_resumable(summary: RunSummary, plan: Plan, force: bool) -> None:

@@ -1,4 +1,4 @@
-"""The built-in step kinds, and what they share: `shell` and `python` (`llm` and `flow` to come).
+"""The built-in step kinds, and what they share: `shell`, `python`, `llm` and `flow`.
 
 Owns: `builtin_step_kinds()`, which the runtime registers, and `file_digest`, the cached
 sha256 of a file that kinds use for `code_digest`.
@@ -48,8 +48,9 @@ def file_digest(path: Path) -> str | None:
 
 def builtin_step_kinds() -> list[StepKind]:
     """One instance of each built-in kind, for the runtime to register."""
-    from engine.steps.llm import LlmKind  # noqa: PLC0415 - see the module docstring
+    from engine.steps.flow import FlowKind  # noqa: PLC0415 - see the module docstring
+    from engine.steps.llm import LlmKind  # noqa: PLC0415
     from engine.steps.python import PythonKind  # noqa: PLC0415
     from engine.steps.shell import ShellKind  # noqa: PLC0415
 
-    return [ShellKind(), PythonKind(), LlmKind()]
+    return [ShellKind(), PythonKind(), LlmKind(), FlowKind()]
