@@ -158,7 +158,7 @@ def test_resolve_names_secrets_and_never_renders_scripts() -> None:
 
 def test_builtin_kinds_satisfy_the_protocol() -> None:
     kinds = builtin_step_kinds()
-    assert [k.name for k in kinds] == ["shell", "python", "llm"]
+    assert [k.name for k in kinds] == ["shell", "python", "llm", "flow"]
     assert all(isinstance(k, StepKind) for k in kinds)
 
 

@@ -89,6 +89,10 @@ class Progress:
             )
         elif event == "gate.skipped":
             self._line(f"  · gate {record.get('gate')!s:<15} skipped: {record.get('reason')}")
+        elif event == "lock.stale":
+            self._line(f"  ! {record.get('lock')} is stale, left out of the bundle:")
+            for item in record.get("drift") or ():
+                self._line(f"      {item}")
         elif event == "step.retrying":
             self._line(
                 f"  ↻ {step:<20} retrying in {format_duration(float(record['delay']))}: "

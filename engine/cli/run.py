@@ -89,6 +89,14 @@ def run(
             "terminal and off when it is (the live display is there).",
         ),
     ] = LogFormat.auto,
+    locked: Annotated[
+        bool,
+        typer.Option(
+            "--locked",
+            help="Refuse to run (exit 1, nothing written) unless FLOW.lock exists and "
+            "nothing it pins drifted (see `blocks lock`).",
+        ),
+    ] = False,
 ) -> None:
     """Run a flow. Exit 0 if it succeeded, 1 if a step or blocking gate failed."""
     import anyio  # noqa: PLC0415
@@ -121,6 +129,7 @@ def run(
                 use_cache=not no_cache and replay is None,
                 on_event=on_event,
                 replay=replay,
+                locked=locked,
             )
         )
     finally:
@@ -197,6 +206,12 @@ def plan(
         f"concurrency {limits.concurrency}"
         + (f", timeout {format_duration(limits.timeout)}" if limits.timeout else "")
     )
+    if the_plan.overrides:
+        o = the_plan.overrides
+        typer.echo(
+            f"overrides in effect (set by {o.get('by')}: {o.get('reason')}): "
+            f"limits {o.get('limits') or {}}, routes {o.get('routes') or {}}"
+        )
     width = max(len(s) for s in the_plan.order)
     for index, sid in enumerate(the_plan.order, 1):
         ps = the_plan.steps[sid]

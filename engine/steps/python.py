@@ -41,7 +41,7 @@ from engine.plugins import Render, StepContext, StepResult
 from engine.spec.flow import PythonStep
 from engine.steps import file_digest
 
-__all__ = ["PythonKind"]
+__all__ = ["PythonKind", "source_file"]
 
 TRACEBACK_FRAMES = 20
 """How many of the innermost frames `traceback.txt` keeps."""
@@ -81,9 +81,7 @@ class PythonKind:
 
     def code_digest(self, step: Any, project_root: Path) -> str | None:
         """sha256 of the module's source file, found without importing the module."""
-        step = _python_step(step)
-        module = step.call.partition(":")[0]
-        path = _module_file(module, _roots(project_root, step.pythonpath))
+        path = source_file(step, project_root)
         return file_digest(path) if path is not None else None
 
     async def run(self, ctx: StepContext, resolved: Mapping[str, Any]) -> StepResult:
@@ -126,6 +124,14 @@ class PythonKind:
             # a lock is bound to the event loop that used it; do not keep it past the load
             if self._loading.get(call) is lock and not lock.statistics().tasks_waiting:
                 del self._loading[call]
+
+
+def source_file(step: Any, project_root: Path) -> Path | None:
+    """The source file of the step's module, found without importing it (None if not found).
+    `code_digest` hashes it; `blocks lock` pins it."""
+    step = _python_step(step)
+    module = step.call.partition(":")[0]
+    return _module_file(module, _roots(project_root, step.pythonpath))
 
 
 def _python_step(step: Any) -> PythonStep:

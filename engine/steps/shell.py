@@ -35,7 +35,7 @@ from engine.plugins import Render, StepContext, StepResult
 from engine.spec.flow import SecretRef, ShellStep
 from engine.steps import file_digest
 
-__all__ = ["TERM_GRACE_SECONDS", "ShellKind"]
+__all__ = ["TERM_GRACE_SECONDS", "ShellKind", "project_file"]
 
 TERM_GRACE_SECONDS = 2.0
 """How long a cancelled program's process group gets between SIGTERM and SIGKILL."""
@@ -84,13 +84,10 @@ class ShellKind:
         (programs found on PATH are not pinned by the engine)."""
         step = _shell_step(step)
         program = step.run[0] if step.run else ""
-        if "/" not in program or "${{" in program:
+        if "/" not in program:
             return None
-        root = project_root.resolve()
-        path = (root / (step.cwd or ".") / program).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            return None
-        return file_digest(path)
+        path = project_file(step, project_root, program)
+        return file_digest(path) if path is not None else None
 
     async def run(self, ctx: StepContext, resolved: Mapping[str, Any]) -> StepResult:
         launch = _Launch.of(ctx, resolved)
@@ -115,6 +112,19 @@ class ShellKind:
         if code != 0:
             raise _exit_failure(ctx, launch.program, code, err.tail)
         return _success(ctx, out, drained)
+
+
+def project_file(step: Any, project_root: Path, arg: str) -> Path | None:
+    """The file inside the project that argv entry `arg` names (relative to the step's
+    `cwd`), or None: an expression, a path outside the project, or no such file."""
+    step = _shell_step(step)
+    if not arg or "${{" in arg:
+        return None
+    root = project_root.resolve()
+    path = (root / (step.cwd or ".") / arg).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
 
 
 def _shell_step(step: Any) -> ShellStep:
