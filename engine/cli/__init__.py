@@ -101,6 +101,7 @@ def _register_commands() -> None:
     from engine.cli import lock as lock_commands  # noqa: PLC0415
     from engine.cli import run as run_commands  # noqa: PLC0415
     from engine.cli.bundle import bundle_app  # noqa: PLC0415
+    from engine.cli.circuits import circuit_app, circuits  # noqa: PLC0415
     from engine.cli.runbook import runbook_app  # noqa: PLC0415
 
     run_commands.register(app)
@@ -108,6 +109,8 @@ def _register_commands() -> None:
     channel_commands.register(app)
     app.add_typer(bundle_app, name="bundle")
     app.add_typer(runbook_app, name="runbook")
+    app.add_typer(circuit_app, name="circuit")
+    app.command()(circuits)
 
 
 _register_commands()
