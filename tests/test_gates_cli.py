@@ -311,6 +311,11 @@ def test_mutation_strong_tests_pass(strong_mutation: MutationRun) -> None:
     assert metrics["killed"] >= 10
     assert gate["explanation"] == mutation_explanation(metrics, "holds")
     check_mutmut_ran(run, gate)
+    # the evidence pins the module mutated and the tests that judged it: the weak and the
+    # strong variants differ only in their tests, and their digests say so
+    pinned = gate["evidence"]["inputs"]["by_file"]
+    assert "shipping/shipping.py" in pinned
+    assert any(path.startswith("shipping/") and "test" in path for path in pinned)
 
 
 # ---- contract ------------------------------------------------------------------------
@@ -465,10 +470,11 @@ def test_security_passes_clean_code(tmp_path: Path) -> None:
     assert evidence["bandit_version"] == version("bandit")
     assert evidence["paths"] == ["out/app"]
     assert evidence["files_scanned"] == ["out/app/runner.py"]
-    # the gate records no digest of what it scanned; the step that rendered it does
-    assert run.outcome["steps"]["build"]["outputs"]["sha256"] == sha256(
-        GATES / "scan_clean" / "runner.py"
-    )
+    # the gate pins what it scanned, as the step that rendered it does
+    scanned = sha256(GATES / "scan_clean" / "runner.py")
+    assert run.outcome["steps"]["build"]["outputs"]["sha256"] == scanned
+    assert evidence["inputs"]["by_file"] == {"out/app/runner.py": scanned}
+    assert evidence["inputs"]["files"] == 1
     assert evidence["findings"] == []
     assert evidence["lines_scanned"] > 0
     assert evidence["run"]["exit_code"] == 0

@@ -80,6 +80,24 @@ def file_digest(path: Path) -> str | None:
         return None
 
 
+def inputs_digest(ctx: GateContext, paths: Sequence[Path]) -> dict[str, Any]:
+    """What a tool judged, pinned: the sha256 of every file under `paths` (folders walked,
+    caches and hidden folders skipped) by project-relative path, and one digest over all of
+    them, so the evidence names the exact code a verdict was about."""
+    files: dict[str, str] = {}
+    for path in paths:
+        found = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        for f in found:
+            parts = f.relative_to(path).parts if f != path else ()
+            if not f.is_file() or any(p.startswith(".") or p == "__pycache__" for p in parts):
+                continue
+            digest = file_digest(f)
+            if digest is not None:
+                files[relative(ctx, f)] = digest
+    whole = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode())
+    return {"files": len(files), "sha256": "sha256:" + whole.hexdigest(), "by_file": files}
+
+
 def tool_version(distribution: str) -> str | None:
     """The installed version of a tool's distribution (the one next to the interpreter)."""
     try:

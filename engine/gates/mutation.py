@@ -64,6 +64,7 @@ from engine.errors import GateError
 from engine.gates._common import (
     MAX_LISTED,
     capped,
+    inputs_digest,
     measurement,
     project_path,
     relative,
@@ -195,6 +196,9 @@ class MutationKind:
         prepared = _prepare(ctx, gate, evidence)
         if isinstance(prepared, Measurement):
             return prepared
+        evidence["inputs"] = inputs_digest(
+            ctx, [project_path(ctx, p, "paths") for p in (*gate.paths, *gate.tests)]
+        )
         tree, run_dir = prepared
 
         listed = await _enumerate(ctx, tree, _remaining(started, gate.timeout))

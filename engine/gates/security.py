@@ -26,6 +26,7 @@ from typing import Any
 from engine.errors import GateError
 from engine.gates._common import (
     capped,
+    inputs_digest,
     measurement,
     project_path,
     relative,
@@ -87,6 +88,7 @@ class SecurityKind:
             return measurement(
                 ctx, {}, evidence, f"nothing scanned: {', '.join(missing)} does not exist"
             )
+        evidence["inputs"] = inputs_digest(ctx, targets)
         report = ctx.workdir / "bandit.json"
         report.unlink(missing_ok=True)
         argv = [
