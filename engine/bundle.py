@@ -140,7 +140,7 @@ class LeafHasher:
     def __init__(self) -> None:
         self._h = hashlib.sha256(_LEAF)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
 
     def digest(self) -> str:
@@ -577,6 +577,7 @@ def _run_facts(
         "outputs": finished.get("outputs", {}) if finished else {},
         "resumed": resumed,
         "use_cache": started.get("use_cache"),
+        "overrides": started.get("overrides") or {},
         "engine": started.get("engine"),
         "environment": dict(environment),
         "steps": {sid: s["status"] for sid, s in steps.items()},

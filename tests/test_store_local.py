@@ -416,6 +416,86 @@ def test_a_kill_mid_blob_leaves_only_temp_files_that_gc_removes(
     assert files_under(store.root / "blobs") == []
 
 
+KILLED_BEFORE_MANIFEST = """
+import sys, time
+from pathlib import Path
+from engine.stores.local import LocalBundleStore
+
+def stall(self, manifest):
+    Path(sys.argv[2]).write_text("blobs written")
+    time.sleep(600)
+
+LocalBundleStore._put_manifest = stall
+big = bytes(range(256)) * (8 * 1024)  # 2 MiB
+members = {f"m{i:02d}.bin": bytes([i]) * 1000 + big for i in range(40)}  # more than in flight
+LocalBundleStore(Path(sys.argv[1])).put_bundle(members, run_id="k")
+"""
+
+
+def test_a_kill_between_blobs_and_manifest_leaves_no_bundle_and_whole_blobs(
+    store: LocalBundleStore, tmp_path: Path
+) -> None:
+    marker = tmp_path / "written"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BEFORE_MANIFEST, str(store.root), str(marker)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(marker.exists, timeout=60, what="the writer to finish its blobs")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(blob_files(store)) == 40
+    assert_every_blob_is_whole(store)
+    assert temp_files(store.root) == []
+    assert store.list_bundles() == []
+    assert not (store.root / "runs" / "k").exists()
+    with pytest.raises(BundleError, match="no bundle matches"):
+        store.resolve("k")
+    assert sorted(store.gc_preview()) == sorted(
+        p.relative_to(store.root).as_posix() for p in blob_files(store)
+    )
+    assert len(blob_files(store)) == 40  # a preview removes nothing
+    assert len(store.gc()) == 40
+    assert files_under(store.root / "blobs") == []
+
+
+@pytest.mark.parametrize("fail_at", [1, 20, 45])
+def test_a_failed_fsync_in_the_pipeline_leaves_nothing_half_written(
+    store: LocalBundleStore, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    members = {f"m{i:02d}.bin": bytes([i]) * (4096 + i) for i in range(60)}
+    real = os.fsync
+    calls = [0]
+    lock = threading.Lock()
+
+    def fsync(fd: int) -> None:
+        with lock:
+            calls[0] += 1
+            n = calls[0]
+        if n == fail_at:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(BundleError, match="Input/output error"):
+        store.put_bundle(members, run_id="io")
+    monkeypatch.undo()
+    assert temp_files(store.root) == []
+    assert_every_blob_is_whole(store)
+    assert store.list_bundles() == []
+    assert not (store.root / "runs" / "io").exists()
+    root = store.put_bundle(members, run_id="io")  # the disk is back: the put completes
+    assert store.verify("io").ok
+    assert store.resolve("io") == root
+
+
 def _failing_write(after: int) -> Any:
     """os.write that writes `after` bytes in all, then fails as a full disk does."""
     real = os.write

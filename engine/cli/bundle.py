@@ -1,7 +1,8 @@
-"""`blocks bundle list`, `show` and `verify`: the context bundles of this project's runs.
+"""`blocks bundle list|show|verify|diff|export|gc`: the context bundles of this project's runs.
 
 Owns: these commands' arguments, output and exit codes (0 intact, 1 tampered or unreadable,
-2 when REF names no bundle). REF is a run id, a root digest, or a unique prefix of one.
+2 when REF names no bundle; `diff` exits 0 whether or not the bundles differ, unless
+`--exit-code`). REF is a run id, a root digest, or a unique prefix of one.
 The store is `<state dir>/bundles` (`<project>/.blocks/bundles` by default).
 Must not: hold bundle logic (`engine.bundle` and `engine.stores` do), or register itself
 on the root app (the CLI's `__init__` adds `bundle_app` as `blocks bundle`).
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
 import typer
 
 if TYPE_CHECKING:
     from engine.bundle import Manifest
+    from engine.bundle_diff import BundleSide
     from engine.stores import BundleStore
 
 __all__ = ["bundle_app"]
@@ -225,3 +229,154 @@ def verify(ref: Ref, as_json: AsJson = False) -> None:
         for problem in report.problems():
             typer.echo(f"  {problem}")
     raise typer.Exit(_code("ok") if report.ok else _code("invalid"))
+
+
+# ---- diff, export, gc --------------------------------------------------------------------
+
+
+def _read_side(store: BundleStore, ref: str, everything: bool = False) -> BundleSide:
+    """A bundle's manifest and member bytes, every one verified on read (TamperError names
+    the member). `everything`: all members, else only those a diff reads."""
+    from engine.bundle_diff import BundleSide, is_diff_member  # noqa: PLC0415
+
+    digest = _resolve(store, ref)
+    manifest = store.get_manifest(digest)
+    members = {
+        p: store.read_member(digest, p) for p in manifest.paths if everything or is_diff_member(p)
+    }
+    return BundleSide(digest, manifest, members)
+
+
+def _tampered(exc: Exception, *refs: str) -> typer.Exit:
+    typer.echo(f"blocks: {exc}", err=True)
+    checks = " && ".join(f"blocks bundle verify {ref}" for ref in refs)
+    typer.echo(f"check {'it' if len(refs) == 1 else 'them'} with: {checks}", err=True)
+    return typer.Exit(_code("invalid"))
+
+
+@bundle_app.command("diff")
+def diff(
+    ref_a: Annotated[str, typer.Argument(metavar="A", help="The earlier bundle (REF).")],
+    ref_b: Annotated[str, typer.Argument(metavar="B", help="The later bundle (REF).")],
+    as_json: AsJson = False,
+    exit_code: Annotated[
+        bool,
+        typer.Option("--exit-code", help="Exit 1 when the bundles differ (like git diff)."),
+    ] = False,
+) -> None:
+    """What changed from run A to run B: spec, lock, inputs, model versions, outputs, step
+    statuses, gate verdicts and metrics, cost, environment. Timings and who ran it are not
+    differences. Exit 0 when the diff is made, whether or not they differ (with
+    --exit-code: 1 when they differ); 1 if a member read fails verification; 2 if a REF
+    names no bundle."""
+    from engine.bundle_diff import diff_bundles, render_diff  # noqa: PLC0415
+    from engine.errors import BundleError  # noqa: PLC0415
+
+    store = _store()
+    try:
+        doc = diff_bundles(_read_side(store, ref_a), _read_side(store, ref_b))
+    except BundleError as exc:  # a member changed since it was stored, or is not JSON
+        raise _tampered(exc, ref_a, ref_b) from None
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(render_diff(doc))
+    differ = doc["differences"] > 0
+    raise typer.Exit(_code("invalid") if exit_code and differ else _code("ok"))
+
+
+class ExportFormat(StrEnum):
+    in_toto = "in-toto"
+
+
+@bundle_app.command("export")
+def export(
+    ref: Ref,
+    to: Annotated[
+        Path, typer.Option("--to", metavar="DIR", help="The folder to create (or an empty one).")
+    ],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="Provenance format.")
+    ] = ExportFormat.in_toto,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace DIR if it holds an earlier export.")
+    ] = False,
+    builder_id: Annotated[
+        str | None,
+        typer.Option("--builder-id", metavar="URI", help="runDetails.builder.id to record."),
+    ] = None,
+) -> None:
+    """Write the bundle's members (each verified on read) and its manifest into DIR, with
+    provenance.intoto.json: an unsigned in-toto Statement v1 with a SLSA Provenance v1
+    predicate. DIR appears whole or not at all. Exit 1 if a member fails verification, 2 if
+    REF names no bundle or DIR is not empty (--force replaces an earlier export only)."""
+    from engine.bundle_export import (  # noqa: PLC0415
+        BUILDER_ID,
+        STATEMENT,
+        export_files,
+        provenance_statement,
+        write_export,
+    )
+    from engine.errors import BundleError  # noqa: PLC0415
+
+    store = _store()
+    try:
+        side = _read_side(store, ref, everything=True)
+        statement = provenance_statement(
+            side.digest, side.manifest, side.members, builder_id=builder_id or BUILDER_ID
+        )
+        files = export_files(side.manifest, side.members)
+    except BundleError as exc:
+        raise _tampered(exc, ref) from None
+    files[STATEMENT] = (json.dumps(statement, indent=2, ensure_ascii=False) + "\n").encode()
+    try:
+        write_export(to, files, force=force)
+    except OSError as exc:  # nothing is left half-written: write_export removed its temp
+        typer.echo(f"blocks: cannot export to {to}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(_code("invalid")) from None
+    typer.echo(
+        f"exported bundle {side.digest} ({len(side.manifest.members)} members, "
+        f"{_size(side.manifest.total_size)}) to {to}"
+    )
+    typer.echo(
+        f"  {to / STATEMENT}: {fmt.value} Statement v1, SLSA provenance v1 predicate, unsigned"
+    )
+
+
+@runtime_checkable
+class _PreviewsGc(Protocol):
+    def gc_preview(self, keep: set[str] | frozenset[str] = ...) -> list[str]: ...
+
+
+@bundle_app.command("gc")
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Remove what no bundle needs: temp files of interrupted writes and blobs no manifest
+    references. Never a manifest, an index entry, a referenced blob, or a file that is not a
+    blob (evidence: `verify` reports it). Exit 1 (removing nothing) if a manifest cannot be
+    read, since what it references would be unknown."""
+    from engine.errors import BundleError, UsageError  # noqa: PLC0415
+
+    store = _store()
+    if dry_run and not isinstance(store, _PreviewsGc):
+        raise UsageError(f"the store at {store.location} cannot preview a gc")
+    try:
+        removed = store.gc_preview() if isinstance(store, _PreviewsGc) and dry_run else store.gc()
+    except BundleError as exc:
+        typer.echo(f"blocks: gc refused: {exc}", err=True)
+        raise typer.Exit(_code("invalid")) from None
+    if as_json:
+        doc = {"store": store.location, "dry_run": dry_run, "removed": removed}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    verb = "would remove" if dry_run else "removed"
+    if not removed:
+        typer.echo(f"nothing to remove in {store.location}")
+        return
+    typer.echo(f"{verb} {len(removed)} file(s) in {store.location}:")
+    for rel in removed:
+        typer.echo(f"  {rel}")

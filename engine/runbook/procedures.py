@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import urllib.parse
 from collections.abc import Mapping
@@ -243,28 +242,30 @@ class Procedures:
         raise ProcedureFailed("approvals are handled by the runner")  # pragma: no cover
 
     async def _do_export(self, a: Mapping[str, Any]) -> dict[str, Any]:
+        """What `blocks bundle export` writes: the members (verified on read), the manifest
+        and the unsigned in-toto provenance statement, into a new folder, all or nothing."""
+        from engine.bundle_export import (  # noqa: PLC0415
+            STATEMENT,
+            export_files,
+            provenance_statement,
+            write_export,
+        )
+
         store = self.runtime.store()
         try:
             root = store.resolve(str(a["bundle"]))
         except EngineError as exc:
             raise ProcedureFailed(f"no bundle {a['bundle']!r} to export: {exc}") from None
-        target = self._file(str(a["to"]), "exports")
-        if target.exists() and any(target.iterdir()):
-            raise ProcedureFailed(f"{target} is not empty; export into a new folder")
-        tmp = target.with_name(f".{target.name}.tmp-{self.run_id}")
-        shutil.rmtree(tmp, ignore_errors=True)
         manifest = store.get_manifest(root)
-        for m in manifest.members:
-            dest = tmp / "members" / m.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(store.read_member(root, m.path))  # verified on read
-        (tmp / "manifest.json").write_bytes(manifest.to_bytes())
-        statement = _provenance(root, manifest, store)
-        (tmp / "provenance.intoto.json").write_text(json.dumps(statement, indent=2) + "\n")
-        if target.exists():
-            target.rmdir()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, target)
+        members = {m.path: store.read_member(root, m.path) for m in manifest.members}
+        files = export_files(manifest, members)
+        statement = provenance_statement(root, manifest, members)
+        files[STATEMENT] = (json.dumps(statement, indent=2, ensure_ascii=False) + "\n").encode()
+        target = self._file(str(a["to"]), "exports")
+        try:
+            write_export(target, files)
+        except OSError as exc:
+            raise ProcedureFailed(f"cannot export to {target}: {exc.strerror or exc}") from None
         return {"bundle": root, "to": str(target), "members": len(manifest.members)}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -384,35 +385,3 @@ def _post(url: str, message: str) -> None:
                 raise ProcedureFailed(f"webhook {_host(url)} answered {resp.status}")
     except OSError as exc:
         raise ProcedureFailed(f"webhook {_host(url)} failed: {type(exc).__name__}") from None
-
-
-def _provenance(root: str, manifest: Any, store: Any) -> dict[str, Any]:
-    """An unsigned in-toto Statement v1 with a SLSA provenance v1 predicate."""
-    run = json.loads(store.read_member(root, "run.json"))
-    subjects = [
-        {"name": m.path, "digest": {"sha256": str(m.digest).removeprefix("sha256:")}}
-        for m in manifest.members
-    ]
-    return {
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": subjects,
-        "predicateType": "https://slsa.dev/provenance/v1",
-        "predicate": {
-            "buildDefinition": {
-                "buildType": "https://blocks.dev/flow-run/v1",
-                "externalParameters": {"flow": run.get("flow"), "inputs": run.get("inputs")},
-                "resolvedDependencies": [],
-            },
-            "runDetails": {
-                "builder": {"id": "https://blocks.dev/engine"},
-                "metadata": {
-                    "invocationId": run.get("run"),
-                    "startedOn": run.get("started_at"),
-                    "finishedOn": run.get("finished_at"),
-                },
-                "byproducts": [
-                    {"name": "bundle", "digest": {"sha256": root.removeprefix("sha256:")}}
-                ],
-            },
-        },
-    }

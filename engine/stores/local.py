@@ -37,6 +37,7 @@ import functools
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
@@ -198,7 +199,10 @@ class LocalBundleStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if not self._publish(tmp, final):
+        published = self._publish(tmp, final)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a second name of the blob now (or a copy not needed)
+        if not published:
             existing(final)
 
     def _put_manifest(self, manifest: Manifest) -> None:
@@ -439,7 +443,8 @@ class LocalBundleStore:
         except BundleError as exc:
             return VerifyReport(digest, manifest_problem=problem or f"unreadable: {exc}")
         tampered, missing = self._check_members(manifest)
-        renamed, added, notes = self._survey(manifest, missing)
+        known = {digest: manifest} if problem is None else {}  # parsed once, not again
+        renamed, added, notes = self._survey(manifest, missing, known)
         found = {p for p, _ in renamed}
         return VerifyReport(
             digest,
@@ -466,10 +471,10 @@ class LocalBundleStore:
         return tampered, missing
 
     def _survey(
-        self, manifest: Manifest, missing: list[str]
+        self, manifest: Manifest, missing: list[str], known: Mapping[str, Manifest]
     ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
         """Files in the store no manifest accounts for: renamed blobs, added files, debris."""
-        referenced = self._referenced(strict=False)
+        referenced = self._referenced(strict=False, known=known)
         lost = {manifest.member(p).digest: p for p in missing}
         renamed: list[tuple[str, str]] = []
         added: list[str] = []
@@ -510,17 +515,30 @@ class LocalBundleStore:
         return None
 
     def _files(self) -> Iterator[Path]:
+        """Every file under blobs/ and bundles/, at any depth, in path order."""
         for folder in (self._blobs, self._bundles):
-            if folder.is_dir():
-                yield from sorted(p for p in folder.rglob("*") if p.is_file())
+            found = [
+                Path(top, name)
+                for top, _, names in os.walk(folder)  # scandir: far cheaper than rglob
+                for name in names
+            ]
+            yield from sorted(p for p in found if p.is_file())
 
-    def _referenced(self, keep: frozenset[str] = frozenset(), *, strict: bool = True) -> set[str]:
+    def _referenced(
+        self,
+        keep: frozenset[str] = frozenset(),
+        *,
+        strict: bool = True,
+        known: Mapping[str, Manifest] | None = None,
+    ) -> set[str]:
         """Every blob digest a manifest names, plus `keep`. With `strict`, a manifest that
-        cannot be read raises: what it references would be unknown."""
+        cannot be read raises: what it references would be unknown. `known`: manifests the
+        caller has just read and checked, by root digest (not read again)."""
         out = set(keep)
         for hexd in self._manifest_names():
             try:
-                manifest = self._manifest(f"sha256:{hexd}")
+                digest = f"sha256:{hexd}"
+                manifest = known[digest] if known and digest in known else self._manifest(digest)
             except BundleError:
                 if strict:
                     raise
@@ -534,17 +552,30 @@ class LocalBundleStore:
         a manifest, an index entry, a referenced blob, or a file that is not a blob (that is
         evidence: `verify` reports it). Waits for puts in progress. Returns what it removed,
         as paths relative to the root."""
+        with self._lock(fcntl.LOCK_EX):
+            removed = self._debris(keep)
+            for rel in removed:
+                (self.root / rel).unlink()
+        return removed
+
+    def gc_preview(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """What `gc(keep)` would remove now, removing nothing (`blocks bundle gc --dry-run`).
+        Waits for puts in progress, as gc does: their temp files are not debris."""
+        with self._lock(fcntl.LOCK_EX):
+            return self._debris(keep)
+
+    def _debris(self, keep: set[str] | frozenset[str]) -> list[str]:
+        """Temp files and unreferenced blobs (not in `keep`), relative to the root. Call it
+        holding the exclusive lock."""
         for digest in keep:
             check_digest(digest)
-        removed: list[str] = []
-        with self._lock(fcntl.LOCK_EX):
-            referenced = self._referenced(frozenset(keep))
-            for file in list(self._files()):
-                named = self._named_blob(file)
-                if file.name.startswith(_TEMP) or (named is not None and named not in referenced):
-                    file.unlink()
-                    removed.append(file.relative_to(self.root).as_posix())
-        return removed
+        referenced = self._referenced(frozenset(keep))
+        out: list[str] = []
+        for file in self._files():
+            named = self._named_blob(file)
+            if file.name.startswith(_TEMP) or (named is not None and named not in referenced):
+                out.append(file.relative_to(self.root).as_posix())
+        return out
 
     def _check_blob(self, path: Path, *, member: Member) -> None:
         """Raise TamperError naming `member` unless the blob at `path` has its digest and
@@ -559,12 +590,18 @@ def _index_name(run_id: str, n: int) -> str:
     return run_id if n == 1 else f"{run_id}~{n}"
 
 
+_BUFFERS = threading.local()
+
+
 def _hash_file(path: Path) -> str:
-    """The leaf digest of a file, read in pieces into one buffer (no copy per piece)."""
+    """The leaf digest of a file, read in pieces into one buffer per thread, reused from
+    file to file (no new bytes object per piece, no fresh megabyte per file)."""
+    buf: bytearray | None = getattr(_BUFFERS, "buf", None)
+    if buf is None:
+        buf = _BUFFERS.buf = bytearray(_CHUNK)
+    view = memoryview(buf)
     h = LeafHasher()
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(max(1, min(_CHUNK, os.fstat(fh.fileno()).st_size)))
-        view = memoryview(buf)
         while n := fh.readinto(buf):
             h.update(view[:n])
     return h.digest()
