@@ -491,6 +491,12 @@ def build_bundle_members(
     if lock is not None:
         members["blocks.lock"] = _redact_bytes(lock, redactor)
     run = _run_facts(clean, steps, gates, _scrub(dict(environment), redactor), name)
+    gate_calls = [c for c in ledger["calls"] if "gate" in c]
+    if gate_calls:  # a review gate's model calls are spent like a step's
+        run["cost"] = {
+            "usd": _total([run["cost"]["usd"], *(c["cost_usd"] or 0.0 for c in gate_calls)]),
+            "tokens": run["cost"]["tokens"] + sum(int(c["tokens"] or 0) for c in gate_calls),
+        }
     members["run.json"] = _json_member(run, redactor)
     for sid, step in steps.items():
         members[check_member_path(f"steps/{sid}.json")] = _json_member(step, redactor)
@@ -708,6 +714,37 @@ def _fold_gates(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return gates
 
 
+def _gate_calls(records: list[dict[str, Any]], routes: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The model calls a gate made (a `review` gate's samples): spent like a step's."""
+    calls: list[dict[str, Any]] = []
+    for rec in records:
+        evidence = rec.get("evidence")
+        if rec.get("event") != "gate.evaluated" or not isinstance(evidence, Mapping):
+            continue
+        samples = evidence.get("samples")
+        if not isinstance(samples, list):
+            continue
+        route = evidence.get("route")
+        for sample in samples:
+            if not isinstance(sample, Mapping) or "provider_error" in sample:
+                continue
+            calls.append(
+                {
+                    "gate": rec.get("gate"),
+                    "sample": sample.get("sample"),
+                    "route": route,
+                    "model_asked": routes.get(str(route)),
+                    "model_answered": sample.get("model_answered"),
+                    "fingerprint": sample.get("fingerprint"),
+                    "finish_reason": sample.get("finish_reason"),
+                    "tokens": sample.get("tokens", 0),
+                    "cost_usd": sample.get("cost_usd", 0.0),
+                    "prompt_sha256": evidence.get("prompt_sha256"),
+                }
+            )
+    return calls
+
+
 def _ledger(records: list[dict[str, Any]], routes: Mapping[str, str]) -> dict[str, Any]:
     calls: list[dict[str, Any]] = []
     for rec in records:
@@ -738,6 +775,7 @@ def _ledger(records: list[dict[str, Any]], routes: Mapping[str, str]) -> dict[st
                     "prompt_sha256": detail.get("prompt_sha256"),
                 }
             )
+    calls.extend(_gate_calls(records, routes))
     answered = sorted({str(c["model_answered"]) for c in calls if c["model_answered"]})
     return {
         "calls": calls,

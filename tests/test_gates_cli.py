@@ -569,6 +569,14 @@ def test_review_through_the_offline_provider(
             [],
         )
         assert sample["finish_reason"] == "stop"
+    # the review's model calls are in the bundle's cost ledger and the run's cost
+    calls = [c for c in run.bundle["ledger"]["calls"] if c.get("gate") == "review"]
+    assert [c["sample"] for c in calls] == [0, 1, 2]
+    assert all(c["model_answered"].startswith("local/reviewer-") for c in calls)
+    tokens = sum(s["tokens"] for s in samples)
+    assert tokens > 0
+    assert run.bundle["run"]["cost"]["tokens"] == tokens
+    assert run.bundle["ledger"]["models_answered"] == [samples[0]["model_answered"]]
 
 
 def test_review_during_a_provider_outage_is_inconclusive(tmp_path: Path) -> None:
