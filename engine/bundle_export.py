@@ -178,7 +178,7 @@ def _models(ledger: Mapping[str, Any], gates: Mapping[str, dict[str, Any]]) -> l
                 call.get("model_asked"),
                 call.get("route"),
                 call.get("fingerprint"),
-                f"step {call.get('step')}",
+                f"gate {call['gate']}" if call.get("gate") else f"step {call.get('step')}",
             )
     for gid, gate in gates.items():
         evidence = _obj(gate.get("evidence"))
