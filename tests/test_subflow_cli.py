@@ -129,3 +129,18 @@ def test_a_parent_killed_mid_sub_flow_resumes_the_child(blocks_project: Project)
     effects = blocks_project.side_effects()
     assert effects["double"] == 1  # finished in the child before the kill: not run again
     assert effects["wait"] == 2  # in flight when killed: run once more
+
+
+def test_a_flow_that_runs_itself_stops_at_the_depth_limit(blocks_project: Project) -> None:
+    (blocks_project.root / "loop.yaml").write_text(
+        "version: 1\nkind: flow\nname: loop\nsteps:\n"
+        "  again:\n    kind: flow\n    flow: loop.yaml\n"
+    )
+    outcome = blocks_project.run_json("loop.yaml", expect=1)
+    error = outcome["steps"]["again"]["error"]
+    assert "failed (failed: again)" in error
+    runs = blocks_project.run_ids()
+    assert len(runs) == 9  # the flow the user started and eight nested runs
+    deepest = max(runs, key=len)
+    failed = [r for r in blocks_project.journal(deepest) if r["event"] == "step.failed"]
+    assert "sub-flows nest deeper than 8" in failed[-1]["error"]
