@@ -256,7 +256,7 @@ def run_command(
 def _records(run_id: str) -> tuple[list[dict[str, Any]], Runtime, bool]:
     from engine.errors import UsageError  # noqa: PLC0415
     from engine.executor.journal import read_journal  # noqa: PLC0415
-    from engine.runbook.runner import JOURNAL, _sandbox_runtime, find_run  # noqa: PLC0415
+    from engine.runbook.sandbox import JOURNAL, find_run, sandbox_runtime  # noqa: PLC0415
 
     runtime = _runtime()
     found = find_run(runtime.settings.state_dir, run_id)
@@ -264,7 +264,7 @@ def _records(run_id: str) -> tuple[list[dict[str, Any]], Runtime, bool]:
         raise UsageError(f"no runbook run {run_id} (see blocks runbook list)")
     run_dir, sandbox = found
     if sandbox is not None:
-        runtime = _sandbox_runtime(runtime, sandbox)
+        runtime = sandbox_runtime(runtime, sandbox)
     return read_journal(run_dir / JOURNAL).records, runtime, sandbox is not None
 
 
@@ -272,7 +272,7 @@ def _records(run_id: str) -> tuple[list[dict[str, Any]], Runtime, bool]:
 def list_command(as_json: AsJson = False) -> None:
     """Every runbook run of this project (rehearsals marked)."""
     from engine.executor.journal import read_journal  # noqa: PLC0415
-    from engine.runbook.runner import JOURNAL, list_runs  # noqa: PLC0415
+    from engine.runbook.sandbox import JOURNAL, list_runs  # noqa: PLC0415
 
     runtime = _runtime()
     rows = []

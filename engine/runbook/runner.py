@@ -37,11 +37,9 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,8 +51,15 @@ from engine.executor.journal import JournalWriter, read_journal
 from engine.executor.lock import RunLock
 from engine.executor.outputs import render_value
 from engine.plan import coerce_values
-from engine.redact import Redactor
 from engine.runbook.procedures import ProcedureFailed, Procedures
+from engine.runbook.record import incident_members
+from engine.runbook.sandbox import (
+    JOURNAL,
+    find_run,
+    make_sandbox,
+    runbook_dir,
+    sandbox_runtime,
+)
 from engine.spec import Runbook
 from engine.spec.runbook import RunbookStep
 from engine.validate import load_spec
@@ -62,7 +67,7 @@ from engine.validate import load_spec
 if TYPE_CHECKING:
     from engine.runtime import Runtime
 
-__all__ = ["Approver", "RunbookOptions", "RunbookOutcome", "RunbookRunner", "runbook_dir"]
+__all__ = ["Approver", "RunbookOptions", "RunbookOutcome", "RunbookRunner"]
 
 Mode = Literal["live", "rehearsal"]
 Status = Literal["succeeded", "failed", "aborted", "paused"]
@@ -70,11 +75,6 @@ Approver = Callable[[str, str], str | None]
 """(step id, message) -> the name of who approves, or None to refuse. Only on a terminal."""
 
 _MAX_VISITS = 10
-JOURNAL = "journal.log"
-
-
-def runbook_dir(state_dir: Path, run_id: str) -> Path:
-    return state_dir / "runbooks" / run_id
 
 
 @dataclass
@@ -208,14 +208,14 @@ class RunbookRunner:
                 raise UsageError(f"no runbook run {run_id} to resume (see blocks runbook list)")
             run_dir, sandbox = found
             if sandbox is not None:
-                rehearsal, runtime = sandbox, _sandbox_runtime(runtime, sandbox)
+                rehearsal, runtime = sandbox, sandbox_runtime(runtime, sandbox)
         else:
             from engine.runtime import new_run_id  # noqa: PLC0415  (runtime sits below us)
 
             run_id = new_run_id()
             if options.rehearse:
                 rehearsal = make_sandbox(runtime, run_id)
-                runtime = _sandbox_runtime(runtime, rehearsal)
+                runtime = sandbox_runtime(runtime, rehearsal)
             run_dir = runbook_dir(runtime.settings.state_dir, run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         user = runtime.settings.user
@@ -614,163 +614,3 @@ def _cel(value: Any) -> str:
     if value is None:
         return "null"
     return json.dumps(value) if isinstance(value, str | int | float | bool) else repr(value)
-
-
-def incident_members(
-    records: Sequence[dict[str, Any]], spec: bytes, spec_name: str, runtime: Runtime
-) -> dict[str, bytes]:
-    """The incident bundle: the runbook as written, the journal, every step's record, the
-    approvals, and the channel ledger entries this run made. Secrets in the environment
-    that look like API keys are masked before anything is hashed."""
-    from engine.bundle import canonical_bytes  # noqa: PLC0415
-
-    redactor = Redactor(
-        v
-        for k, v in runtime.environ.items()
-        if k.endswith(("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")) and v
-    )
-    started = records[0]
-    run_id = str(started.get("run"))
-    finished: dict[str, Any] = next(
-        (r for r in reversed(records) if r.get("event") == "runbook.finished"), {}
-    )
-    steps: dict[str, dict[str, Any]] = {}
-    approvals: list[dict[str, Any]] = []
-    for rec in records:
-        sid = rec.get("step")
-        if isinstance(sid, str):
-            steps.setdefault(sid, {"step": sid, "records": []})["records"].append(rec)
-        if rec.get("event") == "approval.given":
-            approvals.append({"step": sid, "by": rec.get("by"), "at": _utc(rec.get("t"))})
-    from engine.channels import Channels  # noqa: PLC0415
-
-    ledger = [
-        {**e.as_dict(), "digest": e.digest}
-        for e in Channels(runtime.store(), user=runtime.settings.user).entries()
-        if e.via == run_id
-    ]
-    run = {
-        "kind": "runbook",
-        "run": run_id,
-        "runbook": started.get("runbook"),
-        "flow": None,
-        "spec": {
-            "member": f"runbook/{spec_name}",
-            "path": started.get("path"),
-            "digest": started.get("spec_digest"),
-        },
-        "params": started.get("params"),
-        "mode": started.get("mode"),
-        "by": started.get("by"),
-        "started_at": _utc(started.get("t")),
-        "finished_at": _utc(finished.get("t")),
-        "status": finished.get("status", "unfinished"),
-        "steps": {sid: _last_status(s["records"]) for sid, s in steps.items()},
-        "approvals": approvals,
-        "ledger": ledger,
-        "gates": {},
-    }
-
-    def member(value: Any) -> bytes:
-        return canonical_bytes(redactor.value(value)) + b"\n"
-
-    members: dict[str, bytes] = {
-        f"runbook/{spec_name}": redactor.text(spec.decode("utf-8", "replace")).encode(),
-        "run.json": member(run),
-        "journal.jsonl": b"".join(member(r) for r in records),
-    }
-    for sid, s in steps.items():
-        members[f"steps/{sid}.json"] = member(s)
-    return members
-
-
-def _last_status(records: Sequence[dict[str, Any]]) -> str:
-    status = "pending"
-    for rec in records:
-        event = str(rec.get("event"))
-        if event in ("step.succeeded", "step.failed", "step.skipped"):
-            status = event.removeprefix("step.")
-        elif event == "runbook.paused":
-            status = "waiting"
-        elif event == "undo.succeeded":
-            status = "undone"
-        elif event == "undo.failed":
-            status = "undo failed"
-    return status
-
-
-def _utc(t: Any) -> str | None:
-    if not isinstance(t, int | float):
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# ---- runs and sandboxes --------------------------------------------------------------------
-
-
-def find_run(state_dir: Path, run_id: str) -> tuple[Path, Path | None] | None:
-    """A runbook run's folder, and its sandbox when it was a rehearsal."""
-    live = runbook_dir(state_dir, run_id)
-    if (live / JOURNAL).exists():
-        return live, None
-    sandbox = state_dir / "rehearsals" / run_id
-    rehearsed = runbook_dir(sandbox, run_id)
-    if (rehearsed / JOURNAL).exists():
-        return rehearsed, sandbox
-    return None
-
-
-def list_runs(state_dir: Path) -> list[tuple[str, Path, bool]]:
-    out: list[tuple[str, Path, bool]] = []
-    for folder in sorted((state_dir / "runbooks").glob("*/" + JOURNAL)):
-        out.append((folder.parent.name, folder.parent, False))
-    for folder in sorted((state_dir / "rehearsals").glob("*/runbooks/*/" + JOURNAL)):
-        out.append((folder.parent.name, folder.parent, True))
-    return sorted(out)
-
-
-def make_sandbox(runtime: Runtime, run_id: str) -> Path:
-    """A copy of the state a runbook acts on: the bundle store by hard links (its files are
-    read-only and never change), the circuits and overrides by copy, past runs by copy
-    (their journals are appended to, so never linked)."""
-    settings = runtime.settings
-    if settings.store_url and not settings.store_url.startswith(("/", ".")):
-        raise RunbookError(
-            "rehearsal copies the bundle store into a sandbox, which needs a local store; "
-            f"BLOCKS_STORE is {settings.store_url.split('://')[0]}://. Rehearse against a "
-            "local copy of the ledger (see docs/guides/runbooks-and-rollback.md)"
-        )
-    sandbox = settings.state_dir / "rehearsals" / run_id
-    sandbox.mkdir(parents=True)
-    store_dir = Path(settings.store_url) if settings.store_url else settings.bundles_dir
-    if store_dir.is_dir():
-        shutil.copytree(
-            store_dir,
-            sandbox / "bundles",
-            copy_function=_link_or_copy,
-            ignore=shutil.ignore_patterns("gc.lock", ".tmp-*"),
-        )
-    for name in ("circuits.json", "overrides.json"):
-        if (settings.state_dir / name).exists():
-            shutil.copy2(settings.state_dir / name, sandbox / name)
-    if settings.runs_dir.is_dir():
-        shutil.copytree(settings.runs_dir, sandbox / "runs", ignore=shutil.ignore_patterns("lock"))
-    return sandbox
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _sandbox_runtime(runtime: Runtime, sandbox: Path) -> Runtime:
-    from dataclasses import replace  # noqa: PLC0415
-
-    from engine.runtime import Runtime  # noqa: PLC0415
-
-    settings = replace(runtime.settings, state_dir=sandbox, store_url=None)
-    environ = {k: v for k, v in runtime.environ.items() if k != "BLOCKS_STORE"}
-    environ["BLOCKS_STATE_DIR"] = str(sandbox)
-    return Runtime(settings, environ=environ)
