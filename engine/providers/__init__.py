@@ -1,8 +1,9 @@
 """LLM providers: the one door to litellm.
 
-Owns: importing litellm (on first use, with its price table kept local), the litellm Router
-that reaches every model of a flow's routes, the `local` offline provider, the single retry
-loop for LLM calls (litellm's own retries are off), fallback chains, translating litellm's
+Owns: importing litellm (on first use, with its price table kept local), calling
+`litellm.acompletion` for every model of a flow's routes with the route's params, the `local`
+offline provider, the single retry loop for LLM calls (litellm's own retries, and the
+provider SDKs', are off), fallback chains, translating litellm's
 exceptions into `TransientProviderError` / `PermanentProviderError` once, at this boundary,
 and applying circuits, rate limits and budgets around every attempt, each recorded in the
 cost ledger. Must not: know about steps, prompts or contracts (`engine.steps.llm` does), or
@@ -31,7 +32,24 @@ from engine.providers.ratelimit import RateLimits
 from engine.redact import Redactor
 from engine.spec import ModelRoute, Retry
 
-__all__ = ["ChatReply", "Gateway", "key_env_name", "provider_of"]
+__all__ = [
+    "LOCAL_MODEL_VERSION",
+    "ChatReply",
+    "Gateway",
+    "key_env_name",
+    "local_answered_as",
+    "provider_of",
+]
+
+LOCAL_MODEL_VERSION = "2026-11-01"
+"""The dated version a local model reports as `response.model`, so locks can pin it. Kept
+here, not in `engine.providers.local`, so that a lock can read it without importing litellm."""
+
+
+def local_answered_as(model: str) -> str:
+    """The model name the offline provider answers `local/NAME` with: `local/NAME-<version>`."""
+    return f"local/{model.rsplit('/', maxsplit=1)[-1]}-{LOCAL_MODEL_VERSION}"
+
 
 _KEY_ENV = {
     "openai": "OPENAI_API_KEY",
@@ -128,8 +146,10 @@ class Gateway:
         self.redactor = redactor
         self._sleep = sleep
         self._clock = clock
-        self._router: Any = None
         self._route_budgets: dict[str, Budget] = {}
+        # (model, estimated tokens) -> estimated USD: litellm prices a call in ~0.5 ms of CPU,
+        # and a fan-out asks the same question for every item (and twice per call)
+        self._prices: dict[tuple[str, int], float] = {}
 
     def route_budget(self, route_name: str) -> Budget:
         """The budget calls through `route_name` spend: the route's own `budget_usd` nested
@@ -154,20 +174,6 @@ class Gateway:
         if key not in self._route_budgets:  # one budget per step, shared by its samples
             self._route_budgets[key] = route.child(usd, tokens, name)
         return self._route_budgets[key]
-
-    def _get_router(self) -> Any:
-        if self._router is None:
-            litellm = _litellm()
-            models: dict[str, dict[str, Any]] = {}
-            for route in self.routes.values():
-                for model in (route.model, *route.fallbacks):
-                    models.setdefault(model, {"model": model, **route.params})
-            self._router = litellm.Router(
-                model_list=[{"model_name": m, "litellm_params": p} for m, p in models.items()],
-                num_retries=0,  # the one retry loop is ours: see `chat`
-                set_verbose=False,
-            )
-        return self._router
 
     async def chat(
         self,
@@ -321,13 +327,20 @@ class Gateway:
     def _estimate_usd(self, model: str, tokens: int) -> float:
         if provider_of(model) == "local":
             return 0.0
-        try:
-            prompt_cost, completion_cost = _litellm().cost_per_token(
-                model=model, prompt_tokens=tokens, completion_tokens=256
-            )
-            return float(prompt_cost + completion_cost)
-        except Exception:
-            return 0.0
+        key = (model, tokens)
+        price = self._prices.get(key)
+        if price is None:
+            try:
+                prompt_cost, completion_cost = _litellm().cost_per_token(
+                    model=model, prompt_tokens=tokens, completion_tokens=256
+                )
+                price = float(prompt_cost + completion_cost)
+            except Exception:
+                price = 0.0
+            if len(self._prices) >= 4096:  # distinct prompt lengths: keep it bounded
+                self._prices.clear()
+            self._prices[key] = price
+        return price
 
     async def _call(
         self,
@@ -345,13 +358,29 @@ class Gateway:
                 "json_schema": {"name": "output", "schema": dict(schema), "strict": False},
             }
         timeout = route.timeout or 60.0
-        if deadline is not None:
-            timeout = max(0.001, min(timeout, deadline - self._clock()))
+        limit = timeout + 1.0  # litellm's own timeout should fire first
+        if deadline is not None and deadline - self._clock() < timeout:
+            # the run's deadline comes first: our cancel scope ends the call. The timeout
+            # given to litellm stays the route's, so its cached HTTP client is reused (the
+            # timeout is part of that cache's key: one per deadline would mean one per call)
+            limit = timeout = max(0.001, deadline - self._clock())
         started = self._clock()
         try:
-            with anyio.fail_after(timeout + 1.0):  # litellm's own timeout should fire first
-                response = await self._get_router().acompletion(
-                    model=model, messages=list(messages), timeout=timeout, **kwargs
+            with anyio.fail_after(limit):
+                # litellm directly, not its Router: retries, fallbacks, circuits and rate
+                # limits are ours, and the Router's own per-call bookkeeping (deployment
+                # lookup, usage counters, a deep copy of the model's price entry) cost
+                # more CPU than everything else the gateway does (docs/benchmarks.md)
+                response = await _litellm().acompletion(
+                    **{
+                        **route.params,
+                        "model": model,
+                        "messages": list(messages),
+                        "timeout": route.timeout or 60.0,
+                        "num_retries": 0,  # the one retry loop is ours: see `chat`
+                        "max_retries": 0,  # and the provider SDK's (openai's default is 2)
+                        **kwargs,
+                    }
                 )
         except TimeoutError:
             raise TransientProviderError(f"{model} did not answer within {timeout:g}s") from None

@@ -294,9 +294,11 @@ class Ledger:
 
     def __init__(self) -> None:
         self._entries: list[LedgerEntry] = []
+        self._by_instance: dict[str | None, list[LedgerEntry]] = {}
 
     def append(self, entry: LedgerEntry) -> None:
         self._entries.append(entry)
+        self._by_instance.setdefault(entry.instance, []).append(entry)
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
@@ -331,4 +333,18 @@ class Ledger:
         return dict(sorted(totals.items()))
 
     def as_dicts(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(e) for e in self._entries]
+        return [_row(e) for e in self._entries]
+
+    def instance_dicts(self, instance: str | None) -> list[dict[str, Any]]:
+        """`as_dicts` of the attempts of one step instance, in order. Indexed: each step
+        of a 1,000-item fan-out reading its own attempts must not convert the whole run's."""
+        return [_row(e) for e in self._by_instance.get(instance, ())]
+
+
+_FIELDS: Final = tuple(f.name for f in dataclasses.fields(LedgerEntry))
+
+
+def _row(entry: LedgerEntry) -> dict[str, Any]:
+    # What dataclasses.asdict gives, without its recursive deep copy: every field holds a
+    # str, a number or None, which are immutable.
+    return {name: getattr(entry, name) for name in _FIELDS}

@@ -1,11 +1,11 @@
 """The offline default provider: `local/...` models answered deterministically, in-process.
 
 Owns: a litellm `CustomLLM` registered as provider `local`, so offline runs go through
-litellm's real router path. Its answers depend only on the request: with a JSON schema
-(`response_format`), the schema's first `examples` entry if it has one, else an instance
-built from the schema with values derived from a hash of the prompt; without one, a short
-text naming the prompt's digest. Must not: touch the network, or be imported without
-litellm already imported (`engine.providers` loads it).
+litellm's real call path (`litellm.acompletion`, as every provider). Its answers depend only
+on the request: with a JSON schema (`response_format`), the schema's first `examples` entry
+if it has one, else an instance built from the schema with values derived from a hash of the
+prompt; without one, a short text naming the prompt's digest. Must not: touch the network,
+or be imported without litellm already imported (`engine.providers` loads it).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import Any
 
 import litellm
 
-__all__ = ["LOCAL_MODEL_VERSION", "LocalLLM", "instance_of"]
+from engine.providers import LOCAL_MODEL_VERSION, local_answered_as
 
-LOCAL_MODEL_VERSION = "2026-11-01"
-"""The dated version a local model reports as `response.model`, so locks can pin it."""
+__all__ = ["LOCAL_MODEL_VERSION", "LocalLLM", "instance_of"]
 
 
 def _seed(messages: list[Any]) -> str:
@@ -131,7 +130,7 @@ class LocalLLM(litellm.CustomLLM):  # type: ignore[misc]  # litellm is untyped h
         completion_tokens = max(1, len(content) // 4)
         model_response.choices[0].message.content = content
         model_response.choices[0].finish_reason = "stop"
-        model_response.model = f"local/{model.rsplit('/', maxsplit=1)[-1]}-{LOCAL_MODEL_VERSION}"
+        model_response.model = local_answered_as(model)
         model_response.system_fingerprint = f"local-{LOCAL_MODEL_VERSION}"
         model_response.usage = litellm.Usage(
             prompt_tokens=prompt_tokens,

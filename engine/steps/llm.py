@@ -83,7 +83,7 @@ class LlmKind:
             "samples": detail_samples,
             "model_answered": detail_samples[-1]["model_answered"] if detail_samples else None,
             # every attempt, failed ones too: retries, fallbacks and degrades leave a trace
-            "attempts": [a for a in gateway.ledger.as_dicts() if a.get("instance") == ctx.instance],
+            "attempts": gateway.ledger.instance_dicts(ctx.instance),
         }
         return StepResult(result=result, detail=detail, cost_usd=cost, tokens=tokens)
 
