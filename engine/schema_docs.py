@@ -286,20 +286,21 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
 underscore is the shared base of a family of kinds (`_StepBase`, `_GateBase`)."""
 
 FIELD_STATUS: dict[tuple[str, str], str] = {
-    ("MetricGate", "baseline"): "**Future work:** channels do not exist yet, so a "
-    "`require` that reads `baseline.*` is inconclusive.",
+    ("MetricGate", "baseline"): "The baseline is the metrics this gate recorded in the bundle "
+    "the channel serves now (`blocks promote`); while the channel serves nothing, or a bundle "
+    "of another flow, a `require` that reads `baseline.*` is inconclusive.",
 }
 """What the engine does not do yet, appended to a field's description."""
 
 _STATUS: dict[str, str] = {
     "flow": "`blocks validate`, `plan`, `graph`, `run` and `verify` read flows.",
-    "runbook": "Runbooks are validated only: running them (`blocks runbook run`) is future "
-    "work, and so are the channels their procedures act on. Every finished flow run is "
-    "already pinned into a bundle (`blocks bundle list|show|verify`).",
+    "runbook": "`blocks runbook run` executes runbooks: verify after each step, undo in "
+    "reverse on abort, approvals, `--dry-run`, `--rehearse`, `--resume`, and an incident "
+    "bundle (see docs/guides/runbooks-and-rollback.md).",
     "block": "Blocks are validated only; nothing runs them yet.",
     "alerts": "Alert rules are validated only; nothing evaluates them yet.",
-    "step:flow": "Validated, but not runnable yet: `blocks run` stops with "
-    "\"no step kind 'flow' is registered\".",
+    "step:flow": "The sub-flow runs as a run of its own (`<run>.<step>.<attempt>`); its flow "
+    "`outputs` are the step's result; `digest` refuses a changed sub-flow.",
     "gates": "`blocks run` evaluates a gate once its `after` steps have succeeded. A "
     "`blocker` that does not pass (fail or inconclusive) blocks every step downstream of "
     "its `after` steps and fails the run; a `warn` gate is recorded only. `blocks verify` "
