@@ -5,10 +5,12 @@ changes nothing, and kill -9 mid-runbook then --resume."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -412,3 +414,55 @@ def test_kill_9_mid_runbook_then_resume(ops: Project, idempotent: bool) -> None:
     done = ops.blocks("runbook", "run", "slow.yaml", "--resume", run_id)
     assert done.returncode == 1
     assert "already finished" in done.stderr
+
+
+NOTIFY = """\
+version: 1
+kind: runbook
+name: notify
+params:
+  hook: {type: string}
+steps:
+  - id: page
+    do: {kind: notify, to: "${{ params.hook }}", message: "prod frozen by the drill"}
+    verify: result.sent
+  - id: slow
+    timeout: 1s
+    do: {kind: shell, run: [sleep, "30"]}
+    on_failure: continue
+  - id: after
+    do: {kind: notify, to: notes.log, message: "slow step gave up"}
+"""
+
+
+def test_a_webhook_is_posted_and_a_step_timeout_is_honoured(ops: Project) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (ops.root / "notify.yaml").write_text(NOTIFY)
+        hook = f"http://127.0.0.1:{server.server_port}/hooks/T0KEN-s3cret"
+        out = runbook(ops, "notify.yaml", "-p", f"hook={hook}")
+    finally:
+        server.shutdown()
+    assert out["status"] == "succeeded", out
+    assert len(received) == 1
+    assert received[0][0] == "/hooks/T0KEN-s3cret"
+    assert json.loads(received[0][1]) == {"text": "prod frozen by the drill"}
+    # only the webhook's host is recorded: its path carries a token
+    assert out["steps"]["page"]["result"] == {"to": "http://127.0.0.1", "sent": True}
+    assert out["steps"]["slow"]["status"] == "failed"
+    assert out["steps"]["slow"]["error"] == "timed out after 1s"
+    assert (ops.root / "notes.log").read_text() == "slow step gave up\n"
