@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Project, wait_for
+from tests.conftest import BLOCKS, Project, wait_for
 from tests.test_channels_cli import channels, history, release_run, setup_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -466,3 +467,44 @@ def test_a_webhook_is_posted_and_a_step_timeout_is_honoured(ops: Project) -> Non
     assert out["steps"]["slow"]["status"] == "failed"
     assert out["steps"]["slow"]["error"] == "timed out after 1s"
     assert (ops.root / "notes.log").read_text() == "slow step gave up\n"
+
+
+APPROVE = """\
+version: 1
+kind: runbook
+name: approve
+steps:
+  - id: ask
+    do: {kind: approval, message: "Freeze prod?"}
+  - id: freeze
+    do: {kind: freeze, channel: prod, reason: approved at the prompt}
+"""
+
+
+@pytest.mark.parametrize(("answer", "code"), [("bob", 0), ("no", 1)])
+def test_an_approval_typed_at_the_terminal_prompt(ops: Project, answer: str, code: int) -> None:
+    import pty  # noqa: PLC0415  (POSIX only, like the engine's process groups)
+
+    (ops.root / "approve.yaml").write_text(APPROVE)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [str(BLOCKS), "runbook", "run", "approve.yaml"],
+        cwd=ops.root,
+        env=ops.env(BLOCKS_USER="alice"),
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(follower)
+    try:
+        os.write(leader, f"{answer}\n".encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+    assert proc.returncode == code, (out, err)
+    assert "approval needed for step ask: Freeze prod?" in out
+    frozen = channels(ops).get("prod", {}).get("frozen", False)
+    assert frozen is (answer == "bob")
+    if answer == "no":
+        assert "approval refused at the prompt" in out
