@@ -52,6 +52,7 @@ from engine.bundle import (
     node_digest,
 )
 from engine.errors import BundleError, LedgerConflict, TamperError, WriteOnceError
+from engine.stores._resolve import HEX64, RUN_ID, resolve_ref
 
 __all__ = ["LocalBundleStore"]
 
@@ -59,9 +60,6 @@ _CHUNK: Final = 1 << 20
 _IN_FLIGHT: Final = 32
 """Blobs written but not yet fsynced, at most (each holds an open file descriptor)."""
 _TEMP: Final = ".tmp-"
-_HEX64: Final = re.compile(r"[0-9a-f]{64}")
-_HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
-_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LEDGER_NAME: Final = re.compile(r"[0-9]{8}\.json")
 # A folder whose file system cannot hard-link falls back to rename (see _publish).
 _NO_LINK: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV})
@@ -118,7 +116,7 @@ class LocalBundleStore:
         """Store `members` as one bundle and return its root digest. Idempotent for equal
         content. A run's first bundle needs no `supersedes`; a later one (the run was
         resumed) must name the run's current bundle there, or `WriteOnceError` is raised."""
-        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
             raise BundleError(f"run id {run_id!r} cannot name an index entry")
         if supersedes is not None and run_id is None:
             raise BundleError("only a run's bundle can supersede another")
@@ -336,29 +334,16 @@ class LocalBundleStore:
         """The root digest `ref` names: a run id (its latest bundle; ``<run id>~N`` for its
         N-th), a root digest, or a unique prefix of one (4 hex digits at least, with or
         without ``sha256:``). BundleError if it names none or several."""
-        ref = ref.strip()
-        run_id, _, nth = ref.partition("~")
-        if _RUN_ID.fullmatch(run_id) and (nth == "" or nth.isdigit()):
-            chain = self._chain(run_id)
-            if chain and (nth == "" or 1 <= int(nth) <= len(chain)):
-                digest = chain[int(nth) - 1] if nth else chain[-1]
-                self._check_indexed(run_id, digest)
-                return digest
-        prefix = ref.removeprefix("sha256:")
-        if _HEXPREFIX.fullmatch(prefix):
-            found = [h for h in self._manifest_names() if h.startswith(prefix)]
-            if len(found) == 1:
-                return f"sha256:{found[0]}"
-            if len(found) > 1:
-                shown = ", ".join(f"sha256:{h[:12]}" for h in found[:5])
-                raise BundleError(f"{ref!r} matches {len(found)} bundles ({shown}...): say more")
-        if not nth:  # the index is written after the manifest: a crash in between
-            manifests = [self._manifest(e.digest) for e in self.list_bundles() if e.run == ref]
-            superseded = {m.supersedes for m in manifests}
-            heads = [m.root_digest() for m in manifests if m.root_digest() not in superseded]
-            if len(heads) == 1:
-                return heads[0]
-        raise BundleError(f"no bundle matches {ref!r} in {self.root}")
+        return resolve_ref(
+            ref,
+            chain=self._chain,
+            check_indexed=self._check_indexed,
+            manifest_names=self._manifest_names,
+            run_manifests=lambda run: [
+                self._manifest(e.digest) for e in self.list_bundles() if e.run == run
+            ],
+            location=self.location,
+        )
 
     def _check_indexed(self, run_id: str, digest: str) -> None:
         """An index entry must point at a bundle of that run. A manifest that is missing or
@@ -423,7 +408,7 @@ class LocalBundleStore:
         if not self._bundles.is_dir():
             return []
         names = (p.name for p in self._bundles.iterdir() if p.name.endswith(".json"))
-        return sorted(n[:-5] for n in names if _HEX64.fullmatch(n[:-5]))
+        return sorted(n[:-5] for n in names if HEX64.fullmatch(n[:-5]))
 
     # ---- verify and gc -------------------------------------------------------------------
 
@@ -489,7 +474,7 @@ class LocalBundleStore:
             if (
                 file.parent == self._bundles
                 and file.suffix == ".json"
-                and _HEX64.fullmatch(file.stem)
+                and HEX64.fullmatch(file.stem)
             ):
                 continue  # other bundles: verified on their own
             actual = _hash_file(file)
@@ -508,7 +493,7 @@ class LocalBundleStore:
         """The digest a file's place in blobs/ claims, or None if it is not a blob's place."""
         if (
             file.parent.parent == self._blobs
-            and _HEX64.fullmatch(file.name)
+            and HEX64.fullmatch(file.name)
             and file.parent.name == file.name[:2]
         ):
             return f"sha256:{file.name}"

@@ -76,6 +76,7 @@ from engine.bundle import (
     node_digest,
 )
 from engine.errors import BundleError, LedgerConflict, TamperError, UsageError, WriteOnceError
+from engine.stores._resolve import HEX64, RUN_ID, resolve_ref
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "S3BundleStore"]
 
@@ -86,9 +87,6 @@ _MAX_RETENTION_DAYS: Final = 36500  # S3's limit: 100 years
 _EXTEND_SLACK: Final = timedelta(days=1)  # a reused object's lock is extended past this
 _GC_GRACE: Final = timedelta(hours=1)
 
-_HEX64: Final = re.compile(r"[0-9a-f]{64}")
-_HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
-_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # as the local store
 _LEDGER_NAME: Final = re.compile(r"ledger/[0-9]{8}\.json")
 _BLOB_KEY: Final = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})")
 _BUNDLE_KEY: Final = re.compile(r"bundles/([0-9a-f]{64})(\.refs)?\.json")
@@ -445,7 +443,7 @@ class S3BundleStore:
         """Store `members` as one bundle and return its root digest. Idempotent for equal
         content. A run's first bundle needs no `supersedes`; a later one (the run was
         resumed) must name the run's current bundle there, or `WriteOnceError` is raised."""
-        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
             raise BundleError(f"run id {run_id!r} cannot name an index entry")
         if supersedes is not None and run_id is None:
             raise BundleError("only a run's bundle can supersede another")
@@ -665,7 +663,7 @@ class S3BundleStore:
         out: list[tuple[str, str]] = []
         rels = [self.manifest_key(digest), self.refs_key(digest)]
         rels += sorted({self.blob_key(m.digest) for m in manifest.members})
-        if manifest.run is not None and _RUN_ID.fullmatch(manifest.run):
+        if manifest.run is not None and RUN_ID.fullmatch(manifest.run):
             chain = self._chain(manifest.run)
             rels += [
                 self._index_rel(manifest.run, n)
@@ -715,32 +713,20 @@ class S3BundleStore:
         without ``sha256:``). BundleError if it names none or several."""
         self._ready()
         ref = ref.strip()
-        if ref.startswith("sha256:") and _HEX64.fullmatch(ref[7:]):  # no run id has a colon
+        if ref.startswith("sha256:") and HEX64.fullmatch(ref[7:]):  # no run id has a colon
             rel = self.manifest_key(ref)
             if rel in self._pinned or self._listing(rel).oldest(rel):
                 return ref
-        run_id, _, nth = ref.partition("~")
-        if _RUN_ID.fullmatch(run_id) and (nth == "" or nth.isdigit()):
-            chain = self._chain(run_id)
-            if chain and (nth == "" or 1 <= int(nth) <= len(chain)):
-                digest = check_digest(chain[int(nth) - 1].bundle if nth else chain[-1].bundle)
-                self._check_indexed(run_id, digest)
-                return digest
-        prefix = ref.removeprefix("sha256:")
-        if _HEXPREFIX.fullmatch(prefix):
-            found = [h for h in self._manifest_names() if h.startswith(prefix)]
-            if len(found) == 1:
-                return f"sha256:{found[0]}"
-            if len(found) > 1:
-                shown = ", ".join(f"sha256:{h[:12]}" for h in found[:5])
-                raise BundleError(f"{ref!r} matches {len(found)} bundles ({shown}...): say more")
-        if not nth:  # the index is written after the manifest: a crash in between
-            manifests = [self._manifest(e.digest) for e in self.list_bundles() if e.run == ref]
-            superseded = {m.supersedes for m in manifests}
-            heads = [m.root_digest() for m in manifests if m.root_digest() not in superseded]
-            if len(heads) == 1:
-                return heads[0]
-        raise BundleError(f"no bundle matches {ref!r} in {self.location}")
+        return resolve_ref(
+            ref,
+            chain=lambda run: [check_digest(e.bundle) for e in self._chain(run)],
+            check_indexed=self._check_indexed,
+            manifest_names=self._manifest_names,
+            run_manifests=lambda run: [
+                self._manifest(e.digest) for e in self.list_bundles() if e.run == run
+            ],
+            location=self.location,
+        )
 
     def _check_indexed(self, run_id: str, digest: str) -> None:
         try:
