@@ -346,14 +346,8 @@ class Channels:
         return frozen
 
     def channel(self, name: str) -> ChannelState:
-        entries = self.entries()
-        state = self.state(entries).get(name)
-        if state is None:
-            state = ChannelState(name)
-            frozen = self.all_frozen(entries)
-            if frozen is not None:
-                state.frozen, state.frozen_by = True, frozen
-        return state
+        """One channel now (a channel never promoted to is empty, and frozen if `all` is)."""
+        return self._state_of(name, self.entries())
 
     def facts(self, ref: str) -> BundleFacts:
         """The bundle's run status and blocking verdicts, after re-hashing all of it."""
