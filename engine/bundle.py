@@ -714,6 +714,30 @@ def _fold_gates(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return gates
 
 
+def _call(
+    who: Mapping[str, Any],
+    sample: Mapping[str, Any],
+    route: Any,
+    routes: Mapping[str, str],
+    prompt_sha256: Any,
+) -> dict[str, Any]:
+    """One row of the cost ledger: who called (a step's instance and attempt, or a gate),
+    the route, the model asked and the model that answered, tokens and cost."""
+    return {
+        **who,
+        "sample": sample.get("sample"),
+        "route": route,
+        "model_asked": routes.get(str(route)),
+        "model_answered": sample.get("model_answered"),
+        "fingerprint": sample.get("fingerprint"),
+        "finish_reason": sample.get("finish_reason"),
+        "reasks": sample.get("reasks", 0),
+        "tokens": sample.get("tokens", 0),
+        "cost_usd": sample.get("cost_usd", 0.0),
+        "prompt_sha256": prompt_sha256,
+    }
+
+
 def _gate_calls(records: list[dict[str, Any]], routes: Mapping[str, str]) -> list[dict[str, Any]]:
     """The model calls a gate made (a `review` gate's samples): spent like a step's."""
     calls: list[dict[str, Any]] = []
@@ -724,24 +748,11 @@ def _gate_calls(records: list[dict[str, Any]], routes: Mapping[str, str]) -> lis
         samples = evidence.get("samples")
         if not isinstance(samples, list):
             continue
-        route = evidence.get("route")
         for sample in samples:
-            if not isinstance(sample, Mapping) or "provider_error" in sample:
-                continue
-            calls.append(
-                {
-                    "gate": rec.get("gate"),
-                    "sample": sample.get("sample"),
-                    "route": route,
-                    "model_asked": routes.get(str(route)),
-                    "model_answered": sample.get("model_answered"),
-                    "fingerprint": sample.get("fingerprint"),
-                    "finish_reason": sample.get("finish_reason"),
-                    "tokens": sample.get("tokens", 0),
-                    "cost_usd": sample.get("cost_usd", 0.0),
-                    "prompt_sha256": evidence.get("prompt_sha256"),
-                }
-            )
+            if isinstance(sample, Mapping) and "provider_error" not in sample:
+                who = {"gate": rec.get("gate")}
+                route, prompt = evidence.get("route"), evidence.get("prompt_sha256")
+                calls.append(_call(who, sample, route, routes, prompt))
     return calls
 
 
@@ -756,25 +767,13 @@ def _ledger(records: list[dict[str, Any]], routes: Mapping[str, str]) -> dict[st
             continue
         route = detail.get("route")
         for sample in samples:
-            if not isinstance(sample, Mapping):
-                continue
-            calls.append(
-                {
+            if isinstance(sample, Mapping):
+                who = {
                     "step": rec.get("step"),
                     "instance": rec.get("instance", rec.get("step")),
                     "attempt": rec.get("attempt"),
-                    "sample": sample.get("sample"),
-                    "route": route,
-                    "model_asked": routes.get(str(route)),
-                    "model_answered": sample.get("model_answered"),
-                    "fingerprint": sample.get("fingerprint"),
-                    "finish_reason": sample.get("finish_reason"),
-                    "reasks": sample.get("reasks", 0),
-                    "tokens": sample.get("tokens", 0),
-                    "cost_usd": sample.get("cost_usd", 0.0),
-                    "prompt_sha256": detail.get("prompt_sha256"),
                 }
-            )
+                calls.append(_call(who, sample, route, routes, detail.get("prompt_sha256")))
     calls.extend(_gate_calls(records, routes))
     answered = sorted({str(c["model_answered"]) for c in calls if c["model_answered"]})
     return {
