@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_executor.py [--rounds 3] [--inner 3] [--profile]
                                              [--peers-dir DIR] [--write-docs] [--report-only]
+                                             [--no-git]
 
 Workloads (the same as `../shared/bench/peers`; flows from `bench/executor_flows/gen.py`,
 written to `bench/out/executor/flows/`):
@@ -43,12 +44,13 @@ nothing else; inside that section, the hand-written analysis between
 `--profile` adds a cProfile of the in-process runs, per step. Measurements are saved to
 `bench/out/executor/results.json`; `--report-only` re-renders them with the peers' current
 results (after re-running a peer) without measuring again. Timing is never asserted: this is
-not a test.
+not a test. `--no-git` leaves the commit out of the report (it is read with `git rev-parse`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -328,16 +330,15 @@ def mkdir_floor(base: str) -> float:
 CATEGORIES: list[tuple[str, str, Any, Any]] = [
     (
         "step workdir: mkdir",
-        "`engine/executor/local.py:_Run._attempt` → `pathlib.Path.mkdir(parents=True)` of "
-        "`steps/<id>/attempt-1`: 3 mkdir syscalls per step (the first fails with ENOENT, "
-        "then parents)",
+        "`pathlib.Path.mkdir` from `engine/executor/local.py`: none (a step's workdir is made "
+        "by the kind that writes there: shell steps, python steps on failure)",
         lambda f, fn: f.endswith("pathlib.py") and fn == "mkdir",
         lambda f, fn: f.endswith("executor/local.py"),
     ),
     (
         "step workdir: path building",
-        "`engine/executor/local.py:_Run._attempt`: `run_dir / 'steps' / instance / ...`",
-        lambda f, fn: f.endswith("pathlib.py") and fn == "__truediv__",
+        "`engine/executor/local.py:_Run._attempt`: `steps_dir.joinpath(instance, 'attempt-1')`",
+        lambda f, fn: f.endswith("pathlib.py") and fn in ("__truediv__", "joinpath"),
         lambda f, fn: f.endswith("executor/local.py"),
     ),
     (
@@ -355,9 +356,9 @@ CATEGORIES: list[tuple[str, str, Any, Any]] = [
     ),
     (
         "  of which JSON encoding",
-        "`json.JSONEncoder.encode` of the record",
-        lambda f, fn: f.endswith("json/encoder.py") and fn == "encode",
-        lambda f, fn: f.endswith("executor/journal.py"),
+        "`engine/executor/journal.py:_encode`: orjson, and the NaN check of records with a null",
+        lambda f, fn: f.endswith("executor/journal.py") and fn == "_encode",
+        None,
     ),
     (
         "  of which write(2)",
@@ -375,21 +376,28 @@ CATEGORIES: list[tuple[str, str, Any, Any]] = [
     (
         "`_all_settled` scans",
         "`engine/executor/local.py:_Run._all_settled`, from `_check_settled` after every "
-        "step: a scan of all step states, so a run is O(steps²)",
+        "step: a counter",
         lambda f, fn: f.endswith("executor/local.py") and fn == "_all_settled",
         None,
     ),
     (
         "task creation",
-        "anyio `TaskGroup.start_soon` (one task per step, and per `for_each` item)",
+        "anyio `TaskGroup.start_soon`: worker tasks (`engine/executor/workers.py`), started "
+        "only while every worker is blocked in a step, so none per step of these no-op flows",
         lambda f, fn: "anyio" in f and fn == "start_soon",
         None,
     ),
     (
-        "capacity limiter",
-        "anyio `CapacityLimiter` acquire / release around each attempt "
-        "(`_Run._attempts`; and per item in `_fan_out`)",
-        lambda f, fn: "anyio" in f and fn in ("__aenter__", "__aexit__"),
+        "worker hand-off",
+        "`engine/executor/workers.py`: `Workers.submit` and `_grow` (the queue of ready steps)",
+        lambda f, fn: f.endswith("executor/workers.py") and fn in ("submit", "_grow", "kick"),
+        None,
+    ),
+    (
+        "capacity limit",
+        "`Tokens` / `nullcontext` enter and exit around each attempt (`_Run._attempts`; and "
+        "per item in `_fan_out`)",
+        lambda f, fn: fn in ("__aenter__", "__aexit__"),
         lambda f, fn: f.endswith("executor/local.py"),
     ),
     (
@@ -513,6 +521,16 @@ def load_peers(peers_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return summary, raw
 
 
+def peer_times(peers_dir: str) -> dict[str, float]:
+    """When each peer last ran: the mtime of its first repetition's stderr file."""
+    times = {}
+    for peer in PEERS:
+        with contextlib.suppress(OSError):
+            first = os.path.join(peers_dir, "results", f"{peer}_rep0.stderr")
+            times[peer] = os.path.getmtime(first)
+    return times
+
+
 def peer_rows(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """workload -> [{peer, variant, wall (agg), n_tasks, extra}]"""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -589,11 +607,15 @@ PEERS = ("reference", "hamilton", "dask", "prefect")
 
 
 def _preamble(
-    info: dict[str, str], args: argparse.Namespace, peer_raw: dict[str, Any]
+    info: dict[str, str],
+    args: argparse.Namespace,
+    peer_raw: dict[str, Any],
+    times: dict[str, float] | None = None,
 ) -> list[str]:
     cmd = (
         f"`.venv/bin/python bench/bench_executor.py --rounds {args.rounds} --inner {args.inner}"
         + (" --profile" if args.profile else "")
+        + (" --no-git" if getattr(args, "no_git", False) else "")
         + (
             "`, then `.venv/bin/python bench/bench_executor.py --report-only"
             if args.report_only
@@ -601,13 +623,27 @@ def _preamble(
         )
         + " --write-docs`"
     )
-    ran = " ".join(p for p in PEERS if p in peer_raw) or "(none)"
+    peers = [p for p in PEERS if p in peer_raw]
+    times = times or {}
+    newest = max((times[p] for p in peers if p in times), default=0.0)
+    # a peer whose results are much older than the others' was not re-run with them
+    older = [p for p in peers if p in times and newest - times[p] > 1800]
+    ran = " ".join(p for p in peers if p not in older) or "(none)"
     where = args.peers_dir
+    earlier = (
+        " Not re-run for this one, so from an earlier run on the same machine: "
+        + ", ".join(
+            f"{p} ({dt.datetime.fromtimestamp(times[p], dt.UTC):%Y-%m-%d %H:%M} UTC)" for p in older
+        )
+        + "."
+        if older
+        else ""
+    )
     return [
         f"Commands: {cmd} with `PEERBENCH_DIR={where}`, after the peers' "
         f"`cd ../shared/bench/peers && PEERBENCH_DIR={where} REPS=3 "
         f"$PEERBENCH_DIR/venv/bin/python run_all.py {ran}` (their venv made from "
-        "`requirements-peers.txt`, outside the repository).",
+        f"`requirements-peers.txt`, outside the repository).{earlier}",
         "",
         f"Recorded {info['date']} on {info['cpu']}, {info['python']} ({info['os']}); "
         f"{info['load']}. **A shared, loaded 2-core machine**: other test runs were going on; "
@@ -626,8 +662,8 @@ def _preamble(
         "flows 1 per round, and `wide` in the first round only). Per task = wall / tasks. "
         "Excludes interpreter start, imports and planning, like the peers' `wall_s` (which "
         "includes building their graph). Rows marked **state dir on tmpfs** are the same runs "
-        "with `BLOCKS_STATE_DIR` on /dev/shm: a diagnostic that takes the disk out (every step "
-        "makes a workdir), not what a project gets.",
+        "with `BLOCKS_STATE_DIR` on /dev/shm: a diagnostic that takes the disk out (the run "
+        "folder, its lock and its journal), not what a project gets.",
         "- **whole command**: `.venv/bin/blocks run FLOW --no-cache --log-format off` as its own "
         f"process, {args.rounds}× per flow (round-robin), bytecode cached; peak RSS from GNU "
         "time. Its per-task figure includes start-up, imports and planning.",
@@ -815,13 +851,13 @@ def _goals(rows: dict[str, Row], peers: dict[str, list[dict[str, Any]]]) -> list
     io = rows.get("io")
     if io and io.inproc:
         x = med(io.inproc) / IDEAL_IO
-        verdict = "**met**" if x <= GOAL_IO else f"**missed** ({x:.2f}× against {GOAL_IO}×)"
+        verdict = "**met**" if x <= GOAL_IO else f"**missed** ({x:.3f}× against {GOAL_IO}×)"
         whole = f" Whole command: {med(io.cli):.2f} s." if io.cli else ""
         t = rows.get("io_tmpfs")
         if t and t.inproc:
             whole += f" With the state dir on tmpfs (diagnostic): {med(t.inproc) / IDEAL_IO:.2f}×."
         out.append(
-            f"- W3: {med(io.inproc):.3f} s median (best {min(io.inproc):.3f} s) = {x:.2f}× the "
+            f"- W3: {med(io.inproc):.3f} s median (best {min(io.inproc):.3f} s) = {x:.3f}× the "
             f"ideal {IDEAL_IO:.1f} s; goal ≤ {GOAL_IO}×: {verdict}.{whole}"
         )
     for name in ("big", "wide"):
@@ -867,15 +903,20 @@ def report(
     profiles: list[str],
     floors: dict[str, list[float]],
     engine: dict[str, dict[str, str]] | None = None,
+    times: dict[str, float] | None = None,
 ) -> str:
-    out = _preamble(info, args, peer_raw)
+    out = _preamble(info, args, peer_raw, times)
     if engine:
         before, after = engine["before"], engine["after"]
         changed = [p for p in HOT_PATH if before.get(p) != after.get(p)]
         out += [
-            f"Engine: the work tree at commit {before.get('HEAD')} "
+            (
+                f"Engine: the work tree at commit {before.get('HEAD')}"
+                if before.get("HEAD") != "?"
+                else "Engine: the work tree (commit not read: `--no-git`)"
+            )
             + (
-                f"(HEAD {after.get('HEAD')} at the end: other engineers commit meanwhile)"
+                f" (HEAD {after.get('HEAD')} at the end: other engineers commit meanwhile)"
                 if after.get("HEAD") != before.get("HEAD")
                 else ""
             )
@@ -883,8 +924,9 @@ def report(
                 "; **changed during the run**: " + ", ".join(f"`{p}`" for p in changed) + "."
                 if changed
                 else "; the run's hot-path files (`engine/executor/local.py`, `journal.py`, "
-                "`outputs.py`, `cache.py`, `engine/steps/python.py`, `engine/runtime.py`, "
-                "`plugins.py`, `redact.py`) did not change during the measurements."
+                "`workers.py`, `outputs.py`, `cache.py`, `engine/steps/python.py`, "
+                "`engine/runtime.py`, `plugins.py`, `redact.py`) did not change during the "
+                "measurements."
             ),
             "",
         ]
@@ -955,6 +997,11 @@ def parse_args() -> argparse.Namespace:
         help="measure nothing: re-render the last run (bench/out/executor/results.json) with "
         "the peers' current results",
     )
+    parser.add_argument(
+        "--no-git",
+        action="store_true",
+        help="do not ask git for the commit (the report names the work tree only)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -964,6 +1011,7 @@ RESULTS = os.path.join(OUT, "results.json")
 HOT_PATH = (
     "engine/executor/local.py",
     "engine/executor/journal.py",
+    "engine/executor/workers.py",
     "engine/executor/outputs.py",
     "engine/executor/cache.py",
     "engine/steps/python.py",
@@ -974,20 +1022,21 @@ HOT_PATH = (
 """The files a run goes through: other engineers edit the engine while this runs."""
 
 
-def engine_state() -> dict[str, str]:
+def engine_state(git: bool = True) -> dict[str, str]:
     """HEAD (read-only git) and a digest of each hot-path file as it is in the work tree."""
-    state = {}
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        state["HEAD"] = head.stdout.strip() or "?"
-    except OSError:
-        state["HEAD"] = "?"
+    state = {"HEAD": "?"}
+    if git:
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            state["HEAD"] = head.stdout.strip() or "?"
+        except OSError:
+            pass
     for path in HOT_PATH:
         try:
             with open(os.path.join(ROOT, path), "rb") as fh:
@@ -1000,7 +1049,7 @@ def engine_state() -> dict[str, str]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     names = [n for n in args.flows.split(",") if n]
     load_before = os.getloadavg()
-    engine_before = engine_state()
+    engine_before = engine_state(not args.no_git)
     write_flows(FLOW_DIR)
     shutil.rmtree(STATE, ignore_errors=True)
     log("warm-up (bytecode cache) ...")
@@ -1046,14 +1095,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if tmpfs:
             shutil.rmtree(tmpfs, ignore_errors=True)
-    engine_after = engine_state()
+    engine_after = engine_state(not args.no_git)
     results = {
         "engine": {"before": engine_before, "after": engine_after},
         "rows": {n: dataclasses.asdict(r) for n, r in rows.items()},
         "floors": floors,
         "profiles": profiles,
         "info": machine(load_before, os.getloadavg()),
-        "options": {"rounds": args.rounds, "inner": args.inner, "profile": args.profile},
+        "options": {
+            "rounds": args.rounds,
+            "inner": args.inner,
+            "profile": args.profile,
+            "no_git": args.no_git,
+        },
     }
     with open(RESULTS, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
@@ -1086,6 +1140,7 @@ def main() -> None:
         results["profiles"],
         results["floors"],
         results.get("engine"),
+        peer_times(args.peers_dir),
     )
     section = "## Executor\n\n" + section
     print(section)

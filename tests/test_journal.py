@@ -118,6 +118,38 @@ def test_records_are_not_mutated_and_may_not_bring_a_seq(tmp_path: Path) -> None
     assert [r["event"] for r in read_journal(tmp_path / "j").records] == ["x", "y"]
 
 
+def test_what_orjson_would_write_differently_is_written_as_json_does(tmp_path: Path) -> None:
+    """Records are encoded by orjson; whatever it cannot write exactly as `json.dumps` does
+    (big ints, non-str keys, subclasses, NaN hidden in nested values) is written, or
+    refused, as the stdlib writes or refuses it."""
+
+    class Name(str):
+        pass
+
+    path = tmp_path / "j"
+    records: list[dict[str, Any]] = [
+        {"t": 1.5, "big": 2**70},
+        {"t": 1.5, "keys": {1: "a", None: "b", 2.5: "c"}},
+        {"t": 1.5, "name": Name("ünï")},
+        {"t": 1.5, "tuple": (1, [2.0, None]), "null": None},
+    ]
+    with JournalWriter.open(path) as w:
+        for record in records:
+            w.append(record)
+        for bad in (
+            {"v": {"x": [1.0, float("inf")]}, "n": None},
+            {"v": [float("nan")]},
+            {"n": None, "v": float("-inf"), "s": "null"},
+        ):
+            with pytest.raises(ValueError, match="Out of range"):
+                w.append(bad)
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert lines == [line({"seq": i, **r}) for i, r in enumerate(records, start=1)]
+    back = read_journal(path).records
+    assert back[1]["keys"] == {"1": "a", "null": "b", "2.5": "c"}
+    assert back[3]["tuple"] == [1, [2.0, None]]
+
+
 def test_closed_writer_refuses(tmp_path: Path) -> None:
     w = JournalWriter.open(tmp_path / "j")
     w.close()

@@ -10,10 +10,12 @@ Format. One record per line::
 
     <crc32 of the JSON bytes, 8 lowercase hex digits> <compact JSON object>\\n
 
-The JSON is ``json.dumps(record, separators=(",", ":"), ensure_ascii=False)`` in UTF-8,
-with keys in insertion order. The writer puts ``"seq"`` (1, 2, 3, ... with no gap, continued
-across reopens) and ``"t"`` (``time.time()`` when appended, unless the record has its own)
-first. A line is a complete record or it is not: a reader never has to guess.
+The JSON is compact UTF-8 with keys in insertion order: what
+``json.dumps(record, separators=(",", ":"), ensure_ascii=False)`` writes, encoded by orjson
+(a float may be spelled differently, ``1e-7`` for ``1e-07``: the same value). The writer
+puts ``"seq"`` (1, 2, 3, ... with no gap, continued across reopens) and ``"t"``
+(``time.time()`` when appended, unless the record has its own) first. A line is a complete
+record or it is not: a reader never has to guess.
 
 Durability model (deliberate: two levels, two prices)::
 
@@ -47,6 +49,7 @@ guessing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import zlib
@@ -58,6 +61,7 @@ from typing import Any, Final, Literal, Self
 
 import anyio
 import anyio.to_thread
+import orjson
 from anyio.abc import TaskGroup
 
 from engine.errors import ExecutionError
@@ -76,11 +80,65 @@ Durability = Literal["process", "strict"]
 # file size, which is what an append changes. macOS has no fdatasync; fsync is the fallback.
 _default_fsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
-# One encoder, built once: json.dumps with non-default arguments builds a new JSONEncoder on
-# every call, which would be a large share of the append budget. allow_nan=False keeps the
-# journal standard JSON (jq and other tools reject NaN); such a record fails before any
-# byte is written.
-_encode: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# The stdlib encoder, built once (json.dumps with non-default arguments builds a new
+# JSONEncoder on every call). allow_nan=False keeps the journal standard JSON (jq and other
+# tools reject NaN); such a record fails before any byte is written.
+_std_encode: Final = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+# orjson writes the same JSON (a float's spelling aside) 15-30x faster: encoding two records
+# per step with the stdlib was the executor's largest cost per step. Subclasses of str, int,
+# dict and list, datetimes and dataclasses are passed to `_refuse`, so whatever json would
+# not write exactly as orjson does (those, ints beyond 64 bits, non-str keys, surrogates,
+# deep nesting, other objects) goes to the stdlib encoder: written, or refused, as before.
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} left to the stdlib encoder")
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether a NaN or an infinity hides in `value` (dicts, lists, tuples, floats: what
+    orjson encodes natively)."""
+    kind = type(value)
+    if kind is float:
+        return not math.isfinite(value)
+    if kind is dict:
+        values: Any = value.values()
+    elif kind is list or kind is tuple:
+        values = value
+    else:
+        return False
+    for item in values:
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return True
+        elif (kind is dict or kind is list or kind is tuple) and _nonfinite(item):
+            return True
+    return False
+
+
+def _encode(record: Mapping[str, Any]) -> bytes:
+    """The record's compact JSON in UTF-8; TypeError / ValueError as `json.dumps` raises."""
+    try:
+        payload = orjson.dumps(record, default=_refuse, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError too
+        return _std_encode(record).encode()
+    # orjson writes NaN and infinities as null, where the journal refuses them (then the
+    # stdlib encoder refuses the record, with its message). A null that is not one of the
+    # record's own top-level Nones may be one: only then is the record searched.
+    nulls = payload.count(b"null")
+    if nulls and nulls != list(record.values()).count(None) and _nonfinite(record):
+        return _std_encode(record).encode()
+    return payload
+
 
 # Records are always UTF-8: decoding to str first skips json.loads' encoding detection.
 _decode: Final = json.JSONDecoder().decode
@@ -292,7 +350,7 @@ class JournalWriter:
         seq = self._next_seq
         full: dict[str, Any] = {"seq": seq, "t": time.time()}
         full.update(record)
-        payload = _encode(full).encode()
+        payload = _encode(full)
         line = b"%08x %b\n" % (zlib.crc32(payload), payload)
         try:
             # One write call per record: O_APPEND makes it land whole at the end of the file.

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -30,6 +31,7 @@ from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter
 from engine.executor.outputs import extract_outputs, render_value
 from engine.executor.verdicts import Verdict, run_gate
+from engine.executor.workers import Tokens, Workers
 from engine.plan import Plan, PlannedStep
 from engine.plugins import GateContext, StepContext, StepResult
 from engine.redact import Redactor
@@ -42,6 +44,8 @@ DONE = frozenset({"succeeded", "skipped", "cached"})
 
 
 _EMPTY_DIGEST = digest_json({"result": None, "outputs": {}})
+
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
 
 
 class Clock(Protocol):
@@ -163,15 +167,24 @@ class _Run:
         self.options = options
         self.journal = journal
         self.run_dir = run_dir
+        self.steps_dir = run_dir / "steps"
+        # looked up once: a fault plan is fixed for the run (and empty outside tests)
+        self.faults = executor.faults if executor.faults else None
+        self.redact = executor.redactor.value if executor.redactor.active else None
         self.state: dict[str, StepState] = {sid: StepState() for sid in plan.order}
+        finished = 0  # steps an earlier, interrupted attempt of this run finished
         for sid, done in prior.items():
             if sid in self.state and done.status in DONE:
                 self.state[sid] = done
+                finished += 1
         self.scope_steps: dict[str, dict[str, Any]] = {
             sid: self._scope_entry(s) for sid, s in self.state.items() if s.status in DONE
         }
+        # needs not met yet (counted only on a resume: a new run has met none)
         self.remaining = {
             sid: sum(1 for d in plan.steps[sid].needs if self.state[d].status not in DONE)
+            if finished
+            else len(plan.steps[sid].needs)
             for sid in plan.order
         }
         self.gates: dict[str, str] = dict.fromkeys(plan.gates, "pending")
@@ -179,20 +192,25 @@ class _Run:
             gid: sum(1 for a in g.after if self.state[a].status not in DONE)
             for gid, g in plan.gates.items()
         }
-        self.waiting = {sid: set(plan.gate_waits.get(sid, ())) for sid in plan.order}
+        # only the steps that wait for gates: most flows have none
+        self.waiting = {
+            sid: set(g) for sid, g in plan.gate_waits.items() if g and sid in self.state
+        }
         # steps and gates still to reach an end (done, failed, skipped, blocked, cancelled)
-        self.unsettled = sum(1 for s in self.state.values() if s.status not in DONE) + len(
-            plan.gates
-        )
+        self.unsettled = len(self.state) - finished + len(plan.gates)
         limit = plan.flow.limits.concurrency
-        # a limiter that can never block only costs a trip through the event loop per step
-        self.limiter: Any = (
-            anyio.CapacityLimiter(limit) if limit < len(plan.order) else contextlib.nullcontext()
+        # a limit that can never be reached is no limit (a for_each step's items count as
+        # steps, and how many there are is known only when the step runs)
+        reachable = limit < len(plan.order) or any(
+            ps.spec.for_each is not None for ps in plan.steps.values()
         )
+        self.limiter: Any = Tokens(limit) if reachable else contextlib.nullcontext()
         self.secret_env: dict[str, dict[str, str]] = {}
         self.scope: anyio.CancelScope | None = None
         self.signal: int | None = None
         self.tg: Any = None
+        self.workers: Workers[str] | None = None
+        self.token_returned: Callable[[], None] | None = None
         self.code_digests: dict[str, str | None] = {}
         self.activation_base = {
             "inputs": dict(options.inputs),
@@ -202,12 +220,15 @@ class _Run:
     # ---- records ---------------------------------------------------------------------
 
     def record(self, event: str, **fields: Any) -> None:
-        rec = self.x.redactor.value({"event": event, **fields})
-        if self.x.faults:
-            self.x.faults.before(rec, self.journal.path)
+        rec = {"event": event, **fields}
+        if self.redact is not None:
+            rec = self.redact(rec)
+        faults = self.faults
+        if faults is not None:
+            faults.before(rec, self.journal.path)
         self.journal.append(rec)
-        if self.x.faults:
-            self.x.faults.after(rec)
+        if faults is not None:
+            faults.after(rec)
         self.x.on_event(rec)
 
     # ---- the run ---------------------------------------------------------------------
@@ -227,6 +248,19 @@ class _Run:
                 self.scope.deadline = anyio.current_time() + limit
             async with anyio.create_task_group() as tg:
                 self.tg = tg
+                # steps run in as few tasks as keeps them concurrent (see workers.py)
+                limiter = self.limiter
+                limited = isinstance(limiter, Tokens)
+                self.workers = Workers(
+                    tg,
+                    self._step,
+                    self._never_started,
+                    name="steps",
+                    # no new task for a step that would only wait for a token: whoever
+                    # returns one kicks the workers (`_attempts`)
+                    room=(lambda: limiter.available) if limited else None,
+                )
+                self.token_returned = self.workers.kick if limited else None
                 self.journal.start_flusher(tg)
                 for gid, left in self.gate_remaining.items():
                     if left == 0:
@@ -285,10 +319,11 @@ class _Run:
         if (
             self.state[sid].status == "pending"
             and self.remaining[sid] == 0
-            and not self.waiting[sid]
+            and not self.waiting.get(sid)
         ):
             self.state[sid].status = "running"
-            self.tg.start_soon(self._step, sid)
+            assert self.workers is not None
+            self.workers.submit(sid)
 
     # ---- gates ---------------------------------------------------------------------
 
@@ -373,6 +408,11 @@ class _Run:
                 self.scope_steps[sid] = self._scope_entry(state)
             self._after(sid)
 
+    def _never_started(self, sid: str) -> None:
+        """A step queued to run when the run was cancelled: it ends cancelled, unstarted."""
+        self.state[sid].status = "cancelled"
+        self._after(sid)
+
     def _after(self, sid: str) -> None:
         state = self.state[sid]
         self._settle()
@@ -420,6 +460,13 @@ class _Run:
         }
 
     async def _step_body(self, ps: PlannedStep, state: StepState) -> None:
+        if ps.when is None and ps.spec.for_each is None:
+            try:
+                # the activation is built only if the kind renders something (`_instance`)
+                await self._instance(ps, ps.id, None, state)
+            except (ExpressionError, StepFailed) as exc:
+                self._fail(ps, state, ps.id, str(exc), "permanent", 0.0, final=True)
+            return
         activation = self._activation(ps)
         try:
             if ps.when is not None and not self._condition(ps, activation):
@@ -462,9 +509,7 @@ class _Run:
         assert ps.spec.for_each is not None
         name = ps.spec.for_each.as_
         cap = ps.spec.for_each.concurrency
-        limit: Any = (
-            anyio.CapacityLimiter(cap) if cap and cap < len(items) else contextlib.nullcontext()
-        )
+        limit: Any = Tokens(cap) if cap and cap < len(items) else contextlib.nullcontext()
         results: list[StepState] = [StepState() for _ in items]
         self.record("step.expanded", step=ps.id, items=len(items))
 
@@ -472,10 +517,20 @@ class _Run:
             async with limit:
                 scope = {**activation, name: items[index]}
                 await self._instance(ps, f"{ps.id}[{index}]", scope, results[index])
+            workers.kick()  # a token of `concurrency` is free: the next item may start
 
         async with anyio.create_task_group() as tg:
+            # an item never started when the fan-out is cancelled stays pending; with a
+            # `concurrency`, no task is started for an item that would only wait for it
+            workers: Workers[int] = Workers(
+                tg,
+                one,
+                lambda index: None,
+                name=ps.id,
+                room=(lambda: limit.available) if isinstance(limit, Tokens) else None,
+            )
             for index in range(len(items)):
-                tg.start_soon(one, index)
+                workers.submit(index)
         failed = [r for r in results if r.status == "failed"]
         state.attempts = sum(r.attempts for r in results)
         state.duration = max((r.duration for r in results), default=0.0)
@@ -499,10 +554,20 @@ class _Run:
             )
 
     async def _instance(
-        self, ps: PlannedStep, instance: str, activation: Mapping[str, Any], state: StepState
+        self,
+        ps: PlannedStep,
+        instance: str,
+        activation: Mapping[str, Any] | None,
+        state: StepState,
     ) -> None:
+        def render(value: Any) -> Any:
+            nonlocal activation
+            if activation is None:
+                activation = self._activation(ps)
+            return render_value(value, activation)
+
         try:
-            resolved = ps.kind.resolve(ps.spec, lambda v: render_value(v, activation))
+            resolved = ps.kind.resolve(ps.spec, render)
         except ExpressionError as exc:
             self._fail(ps, state, instance, str(exc), "permanent", 0.0, final=True)
             return
@@ -559,6 +624,8 @@ class _Run:
                 started = self.x.clock.now()
                 error = await self._attempt(ps, instance, attempt, resolved, env, state)
                 elapsed = self.x.clock.now() - started
+            if self.token_returned is not None:
+                self.token_returned()  # a queued step may start now, in a new task
             if error is None:
                 state.duration = elapsed
                 self._succeeded(ps, instance, key, state)
@@ -596,7 +663,8 @@ class _Run:
             instance=instance,
             attempt=attempt,
             project_root=self.plan.project_root,
-            workdir=self.run_dir / "steps" / instance / f"attempt-{attempt}",
+            # one joinpath, not three `/`: pathlib's parsing is a visible per-step cost
+            workdir=self.steps_dir.joinpath(instance, f"attempt-{attempt}"),
             env=env,
             redactor=self.x.redactor,
             log=self._logger(ps.id, instance),
@@ -604,9 +672,17 @@ class _Run:
         )
         try:
             timeout = ps.timeout
-            with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-                result: StepResult = await ps.kind.run(ctx, resolved)
-            state.outputs = extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
+            result: StepResult
+            if timeout is None:
+                result = await ps.kind.run(ctx, resolved)
+            else:
+                with anyio.fail_after(timeout):
+                    result = await ps.kind.run(ctx, resolved)
+            state.outputs = (
+                extract_outputs(ps.id, ps.spec.outputs, result, self.plan.project_root)
+                if ps.spec.outputs
+                else {}
+            )
             state.result = result.result
             # outputs too: a shell step's value may live in its stdout, not its result
             state.result_digest = (
@@ -646,12 +722,14 @@ class _Run:
 
         return log
 
-    def _secret_env(self, ps: PlannedStep) -> dict[str, str]:
+    def _secret_env(self, ps: PlannedStep) -> Mapping[str, str]:
+        if not isinstance(ps.spec, ShellStep):
+            return _NO_ENV  # only shell steps take secrets into their environment
         if ps.id in self.secret_env:
             return self.secret_env[ps.id]
         env: dict[str, str] = {}
         self.secret_env[ps.id] = env
-        for name, value in (ps.spec.env if isinstance(ps.spec, ShellStep) else {}).items():
+        for name, value in ps.spec.env.items():
             if isinstance(value, SecretRef):
                 if value.secret not in self.x.secrets:
                     raise StepFailed(

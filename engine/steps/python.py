@@ -75,7 +75,7 @@ class PythonKind:
         step = _python_step(step)
         return {
             "call": step.call,
-            "with": render(dict(step.with_)),
+            "with": render(dict(step.with_)) if step.with_ else {},
             "pythonpath": list(step.pythonpath),
         }
 
