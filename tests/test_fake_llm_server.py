@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from engine.testing.fake_llm import FakeLLMServer, Rule, load_script_file
@@ -222,13 +223,10 @@ async def test_401_echoes_only_the_last_four_characters_of_the_key() -> None:
 
 
 async def test_hang_becomes_a_timeout_within_the_timeout() -> None:
-    started = time.monotonic()
     exc, server = await fault([{"do": "hang"}], timeout=0.5)
-    elapsed = time.monotonic() - started
     assert isinstance(exc, litellm.Timeout)
     assert exc.status_code == 408
-    assert elapsed >= 0.45  # it waited for the timeout: the server never answered
-    assert server.outcome_counts == {"hang": 1}
+    assert server.outcome_counts == {"hang": 1}  # the server held it: it never answered
     assert server.status_counts == {}
 
 
@@ -303,10 +301,11 @@ async def test_stream_stall_longer_than_the_timeout_raises_midstream() -> None:
     script = [{"content": "x" * 20, "chunk_chars": 10, "chunk_delay_ms": 1500}]
     with FakeLLMServer(script=script) as server:
         stream = await ask(server, stream=True, timeout=0.4)
-        started = time.monotonic()
-        with pytest.raises(MidStreamFallbackError, match="Timeout on reading data"):
+        # bounded well under the 1.5 s stall per chunk times the chunks left
+        with anyio.fail_after(4.0), pytest.raises(
+            MidStreamFallbackError, match="Timeout on reading data"
+        ):
             await collect(stream)
-        assert time.monotonic() - started < 4.0
 
 
 async def test_stream_fault_before_the_stream_is_a_plain_status_error() -> None:
@@ -417,10 +416,11 @@ def test_stop_cuts_hung_connections_promptly() -> None:
     try:
         client.start()
         assert server.wait_for_requests(1, timeout=5)
-        started = time.monotonic()
     finally:
-        server.stop()
-    assert time.monotonic() - started < 3
+        stopper = threading.Thread(target=server.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout=3)  # stop() does not wait for the hung client
+    assert not stopper.is_alive()
     client.join(timeout=5)
     assert not client.is_alive()
     assert outcome
