@@ -16,9 +16,7 @@ __all__ = ["event_logger"]
 
 _QUIET = frozenset({"step.output"})
 _DROP = frozenset({"event", "t", "seq", "run", "result"})  # results can be large: see the journal
-_WARN = frozenset(
-    {"step.failed", "step.retrying", "step.blocked", "step.cancelled", "lock.stale"}
-)
+_WARN = frozenset({"step.failed", "step.retrying", "step.blocked", "step.cancelled", "lock.stale"})
 
 
 def event_logger(stream: TextIO, *, json_lines: bool) -> Callable[[Mapping[str, Any]], None]:

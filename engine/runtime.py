@@ -403,9 +403,7 @@ class Runtime:
             gate = plan.gates.get(gid) if plan is not None else None
             if gate is not None and gate.spec.kind in ("metric", "contract"):
                 verdict = await self._gate_now(plan, gate, activation)  # type: ignore[arg-type]
-                row.update(
-                    verdict=verdict.status, explanation=verdict.explanation, rechecked=True
-                )
+                row.update(verdict=verdict.status, explanation=verdict.explanation, rechecked=True)
             gates[gid] = row
         if gate_id is not None and gate_id not in gates:
             raise UsageError(f"bundle {root[:19]} recorded no gate '{gate_id}'")
@@ -448,6 +446,7 @@ class Runtime:
         import json  # noqa: PLC0415
 
         from engine.plugins import Measurement  # noqa: PLC0415
+
         store = self.store()
         rows: list[dict[str, Any]] = []
         for entry in store.list_bundles():
@@ -624,6 +623,7 @@ class Runtime:
         A run that could not be bundled is still a finished run: the failure is reported as
         an event, and `blocks bundle` can be retried from the journal."""
         from engine.executor.bundling import bundle_run, environment_facts  # noqa: PLC0415
+
         try:
             return bundle_run(
                 run_dir,
