@@ -244,3 +244,24 @@ def blocks_project(tmp_path: Path, engine_pycache: Path) -> Iterator[Project]:
         yield project
     finally:
         project.cleanup()
+
+
+@pytest.fixture(scope="session")
+def release_template(
+    tmp_path_factory: pytest.TempPathFactory, engine_pycache: Path
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Two good runs of the release flow, made once per test process: most tests here start
+    from them, and each gets its own copy of the state (`two_runs`)."""
+    from tests.test_channels_cli import release_run, setup_release  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("release-template") / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "e2e-fixture"\nversion = "0"\n')
+    project = Project(root, engine_pycache)
+    setup_release(project)
+    try:
+        a = release_run(project)
+        b = release_run(project)
+    finally:
+        project.cleanup()
+    return root, a, b

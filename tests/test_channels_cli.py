@@ -41,14 +41,26 @@ def history(project: Project, channel: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def release(blocks_project: Project) -> Project:
+def release(blocks_project: Project, release_template: Template) -> Project:
     setup_release(blocks_project)
+    blocks_project.template = release_template  # type: ignore[attr-defined]
     return blocks_project
 
 
+Template = tuple[Path, dict[str, Any], dict[str, Any]]
+
+
+def two_runs(project: Project) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Give `project` the template's two bundled runs of the release flow (state and
+    workspace copied: nothing is shared between tests)."""
+    root, a, b = project.template  # type: ignore[attr-defined]
+    for name in (".blocks", "out"):
+        shutil.copytree(root / name, project.root / name)
+    return a, b
+
+
 def test_promote_rollback_and_roll_back_the_rollback(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     for run in (a, b):
         done = release.blocks("promote", run["run_id"], "--channel", "prod", "-r", "release")
         assert done.returncode == 0, release.explain(done)
@@ -92,8 +104,7 @@ def test_promote_refuses_a_bundle_whose_blocker_failed(release: Project) -> None
 
 
 def test_freeze_blocks_a_promotion_until_unfrozen(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     assert release.blocks("promote", a["run_id"], "-c", "prod").returncode == 0
     done = release.blocks("freeze", "--channel", "prod", "--reason", "incident 42")
     assert done.returncode == 0, release.explain(done)
@@ -113,8 +124,7 @@ def test_freeze_blocks_a_promotion_until_unfrozen(release: Project) -> None:
 
 
 def test_freezing_all_channels_freezes_each_until_all_is_lifted(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     for channel in ("staging", "prod"):
         assert release.blocks("promote", a["run_id"], "-c", channel).returncode == 0
     assert release.blocks("freeze", "-c", "all", "-r", "security").returncode == 0
@@ -130,8 +140,7 @@ def test_freezing_all_channels_freezes_each_until_all_is_lifted(release: Project
 
 
 def test_rollback_to_before_a_time_and_to_a_named_bundle(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     c = release_run(release)
     for run in (a, b, c):
         assert release.blocks("promote", run["run_id"], "-c", "prod").returncode == 0
@@ -163,8 +172,7 @@ def test_rollback_with_nothing_good_to_return_to_is_refused(release: Project) ->
 
 
 def test_a_tampered_ledger_is_reported_and_never_written_on(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     assert release.blocks("promote", a["run_id"], "-c", "prod").returncode == 0
     assert release.blocks("promote", b["run_id"], "-c", "prod").returncode == 0
     ledger = release.root / ".blocks" / "bundles" / "ledger"
@@ -182,8 +190,7 @@ def test_a_tampered_ledger_is_reported_and_never_written_on(release: Project) ->
 
 
 def test_two_concurrent_promotions_give_one_winner_and_one_conflict(release: Project) -> None:
-    a = release_run(release)
-    b = release_run(release)
+    a, b = two_runs(release)
     gate = release.root / "go"
     env = {"BLOCKS_FAULTS": f"wait@ledger.append:{gate}"}
     procs = [

@@ -18,23 +18,30 @@ from typing import Any
 import pytest
 
 from tests.conftest import BLOCKS, Project, wait_for
-from tests.test_channels_cli import channels, history, release_run, setup_release
+from tests.test_channels_cli import (
+    Template,
+    channels,
+    history,
+    release_run,
+    setup_release,
+    two_runs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def ops(blocks_project: Project) -> Project:
+def ops(blocks_project: Project, release_template: Template) -> Project:
     """A project with the release flow, the five core runbooks, and prod serving the second
     of two good bundles."""
     setup_release(blocks_project)
+    blocks_project.template = release_template  # type: ignore[attr-defined]
     shutil.copytree(REPO / "runbooks", blocks_project.root / "runbooks")
     return blocks_project
 
 
 def promote_two(project: Project) -> tuple[dict[str, Any], dict[str, Any]]:
-    a = release_run(project)
-    b = release_run(project)
+    a, b = two_runs(project)
     for run in (a, b):
         done = project.blocks("promote", run["run_id"], "-c", "prod")
         assert done.returncode == 0, project.explain(done)
