@@ -1,8 +1,9 @@
-"""How a bundle reference is resolved, the same way by every store.
+"""The rules every store shares: what a bundle put may claim, and how a reference resolves.
 
-Owns: the grammar of a REF (a run id, `<run id>~N` for the run's N-th bundle, a root digest,
-or a unique prefix of one: 4 hex digits at least, with or without `sha256:`) and the order
-the candidates are tried in. Must not: read storage itself (each store passes the lookups).
+Owns: `new_manifest` (the checks on a put's run id and `supersedes`), and the grammar of a
+REF (a run id, `<run id>~N` for the run's N-th bundle, a root digest, or a unique prefix of
+one: 4 hex digits at least, with or without `sha256:`) and the order the candidates are
+tried in. Must not: read storage itself (each store passes the lookups).
 
 A run's index entry is written after its manifest, so a crash in between leaves a bundle no
 index names yet: a bare run id then falls back to the run's manifests, and resolves when
@@ -12,13 +13,13 @@ exactly one of them is not superseded by another.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from engine.bundle import Manifest
 from engine.errors import BundleError
 
-__all__ = ["HEX64", "RUN_ID", "resolve_ref"]
+__all__ = ["HEX64", "RUN_ID", "new_manifest", "resolve_ref"]
 
 HEX64: Final = re.compile(r"[0-9a-f]{64}")
 HEXPREFIX: Final = re.compile(r"[0-9a-f]{4,64}")
@@ -60,3 +61,15 @@ def resolve_ref(
         if len(heads) == 1:
             return heads[0]
     raise BundleError(f"no bundle matches {ref!r} in {location}")
+
+
+def new_manifest(
+    members: Mapping[str, bytes], run_id: str | None, supersedes: str | None
+) -> Manifest:
+    """The manifest a `put_bundle` writes, after the checks every store makes: a run id
+    must be able to name an index entry, and only a run's bundle supersedes another."""
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise BundleError(f"run id {run_id!r} cannot name an index entry")
+    if supersedes is not None and run_id is None:
+        raise BundleError("only a run's bundle can supersede another")
+    return Manifest.from_members(members, run=run_id, supersedes=supersedes)

@@ -76,7 +76,7 @@ from engine.bundle import (
     node_digest,
 )
 from engine.errors import BundleError, LedgerConflict, TamperError, UsageError, WriteOnceError
-from engine.stores._resolve import HEX64, RUN_ID, resolve_ref
+from engine.stores._resolve import HEX64, RUN_ID, new_manifest, resolve_ref
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "S3BundleStore"]
 
@@ -443,11 +443,7 @@ class S3BundleStore:
         """Store `members` as one bundle and return its root digest. Idempotent for equal
         content. A run's first bundle needs no `supersedes`; a later one (the run was
         resumed) must name the run's current bundle there, or `WriteOnceError` is raised."""
-        if run_id is not None and not RUN_ID.fullmatch(run_id):
-            raise BundleError(f"run id {run_id!r} cannot name an index entry")
-        if supersedes is not None and run_id is None:
-            raise BundleError("only a run's bundle can supersede another")
-        manifest = Manifest.from_members(members, run=run_id, supersedes=supersedes)
+        manifest = new_manifest(members, run_id, supersedes)
         root = manifest.root_digest()
         self._ready()
         if run_id is not None:
