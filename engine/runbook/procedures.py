@@ -12,6 +12,7 @@ engineer; nothing here retries.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -51,8 +52,10 @@ class Procedures:
     rechecked: dict[str, bool] = field(default_factory=dict)
     """Bundle digest -> whether its blocking gates passed when a `gate` step re-checked it."""
 
-    @property
+    @functools.cached_property
     def channels(self) -> Channels:
+        """One per runbook run: it remembers what it learnt about each bundle (bundles never
+        change), so `verify` and `when` do not re-hash every served bundle at every step."""
         return Channels(self.runtime.store(), user=self.runtime.settings.user)
 
     @property
