@@ -236,10 +236,8 @@ class Runtime:
             if current is None or current.bundle is None:
                 continue
             try:
-                if not store.verify(current.bundle).ok:
-                    continue
-                run = json.loads(store.read_member(current.bundle, "run.json"))
-                if run.get("flow") != plan.flow.name:
+                facts = chans.facts(current.bundle)  # re-hashed once, however many gates
+                if not facts.intact or facts.flow != plan.flow.name:
                     continue
                 gate = json.loads(store.read_member(current.bundle, f"gates/{gid}.json"))
             except (EngineError, ValueError):
