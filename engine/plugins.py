@@ -54,27 +54,85 @@ class StepResult:
     tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class StepContext:
-    """Everything a step kind may use while running one attempt of one step instance."""
+    """Everything a step kind may use while running one attempt of one step instance.
 
+    A kind reads it and never changes it. `workdir` may be given as a string: the `Path` is
+    built on first use (pathlib's parsing was a visible per-step cost, and most steps never
+    look). Plain attributes, not a frozen dataclass: one is built per attempt.
+    """
+
+    __slots__ = (
+        "_workdir",
+        "_workdir_path",
+        "attempt",
+        "env",
+        "instance",
+        "log",
+        "project_root",
+        "redactor",
+        "resources",
+        "run_id",
+        "step_id",
+    )
+
+    _workdir: str | Path
+    _workdir_path: Path | None
     run_id: str
     step_id: str
     instance: str
     """`step` or `step[3]` for the fourth item of a fan-out."""
     attempt: int
     project_root: Path
-    workdir: Path
-    """A folder of this attempt's own, for logs and scratch files. Created by the kind when it
-    first writes there (`mkdir(parents=True, exist_ok=True)`): most steps never need it, and
-    three mkdirs per step were the executor's largest per-step cost."""
     env: Mapping[str, str]
     """Resolved environment additions for this step (secrets included, never logged)."""
     redactor: Redactor
     log: Callable[[str, str], None]
     """`log(stream, line)`: stream a line of output (already redacted by the executor)."""
-    resources: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, Any]
     """Objects shared by every step of the run, by name (`"llm"`: the provider gateway)."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        step_id: str,
+        instance: str,
+        attempt: int,
+        project_root: Path,
+        workdir: str | Path,
+        env: Mapping[str, str],
+        redactor: Redactor,
+        log: Callable[[str, str], None],
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.step_id = step_id
+        self.instance = instance
+        self.attempt = attempt
+        self.project_root = project_root
+        self._workdir = workdir
+        self._workdir_path = workdir if isinstance(workdir, Path) else None
+        self.env = env
+        self.redactor = redactor
+        self.log = log
+        self.resources = {} if resources is None else resources
+
+    @property
+    def workdir(self) -> Path:
+        """A folder of this attempt's own, for logs and scratch files. Created by the kind
+        when it first writes there (`mkdir(parents=True, exist_ok=True)`): most steps never
+        need it, and three mkdirs per step were the executor's largest per-step cost."""
+        path: Path | None = self._workdir_path
+        if path is None:
+            path = self._workdir_path = Path(self._workdir)
+        return path
+
+    def __repr__(self) -> str:
+        return (
+            f"StepContext(run_id={self.run_id!r}, instance={self.instance!r}, "
+            f"attempt={self.attempt}, workdir={str(self._workdir)!r})"
+        )
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -100,6 +101,15 @@ class RunOutcome:
     bundle: str | None = None
     """The root digest of the run's context bundle, once written."""
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio.Runner formats the main task, and so its result, with %r
+        # when it restores SIGINT at the end of `anyio.run` (`signal.getsignal` tries the
+        # handler as an enum); a full repr of every step's state cost ~1.5 µs per step there.
+        return (
+            f"RunOutcome(run_id={self.run_id!r}, status={self.status!r}, "
+            f"steps={len(self.steps)}, bundle={self.bundle!r})"
+        )
+
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -168,6 +178,7 @@ class _Run:
         self.journal = journal
         self.run_dir = run_dir
         self.steps_dir = run_dir / "steps"
+        self.steps_path = os.fspath(self.steps_dir)
         # looked up once: a fault plan is fixed for the run (and empty outside tests)
         self.faults = executor.faults if executor.faults else None
         self.redact = executor.redactor.value if executor.redactor.active else None
@@ -663,8 +674,9 @@ class _Run:
             instance=instance,
             attempt=attempt,
             project_root=self.plan.project_root,
-            # one joinpath, not three `/`: pathlib's parsing is a visible per-step cost
-            workdir=self.steps_dir.joinpath(instance, f"attempt-{attempt}"),
+            # a string: the Path is built only if the kind asks (pathlib's parsing was a
+            # visible per-step cost, and most steps never use their workdir)
+            workdir=f"{self.steps_path}/{instance}/attempt-{attempt}",
             env=env,
             redactor=self.x.redactor,
             log=self._logger(ps.id, instance),
