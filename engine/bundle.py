@@ -671,6 +671,8 @@ def _final(step: dict[str, Any], event: str, rec: Mapping[str, Any]) -> None:
         step["error"] = None
         step["cached_from"] = rec.get("from_run")
         step["duration"] = rec.get("duration", 0.0)
+        if rec.get("outs"):
+            step["outs"] = rec["outs"]  # path -> sha256 of each file the step wrote
     elif event == "step.failed":
         step["error"] = rec.get("error")
         step["duration"] = rec.get("duration", 0.0)

@@ -10,6 +10,7 @@ list; the caller sorts them.
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,12 +326,37 @@ def _check_flow(ctx: _Context, flow: Flow) -> None:
             result = ctx.expression(step.when, (*base, "when"), env, expect=ex.BOOL)
             _refs(ctx, [_Checked(result)], sid, upstream, (*base, "when"), known)
         _check_step_kind(ctx, flow, sid, step, env, upstream, known)
+        for i, out in enumerate(step.outs):
+            _check_out(ctx, out, (*base, "outs", i))
     for cycle in graph.cycles():
         _report_cycle(ctx, cycle)
     _check_gates(ctx, flow, step_types, inputs)
     out_env = {"inputs": inputs, "steps": ex.ObjectType(step_types, what="step"), "run": _RUN_TYPE}
     for text, path in _walk_strings(flow.outputs, ("outputs",)):
         ctx.template(text, path, out_env)
+
+
+def _check_out(ctx: _Context, out: str, path: Path) -> None:
+    """An out is written by the step and put back by the cache: it must be a path inside the
+    project, and not the project itself or the engine's own state."""
+    norm = posixpath.normpath(out.replace("\\", "/"))
+    first = norm.split("/", 1)[0]
+    if out.startswith(("/", "\\")) or (len(out) > 1 and out[1] == ":"):
+        problem = "is an absolute path"
+    elif first == "..":
+        problem = "is outside the project"
+    elif norm == ".":
+        problem = "is the whole project"
+    elif first in (".blocks", ".git"):
+        problem = f"is inside {first}/, which the engine or git owns"
+    else:
+        return
+    ctx.error(
+        "spec.bad-value",
+        f"outs: {out} {problem}",
+        path,
+        hint="name a file or folder inside the project, relative to its root",
+    )
 
 
 def _check_inputs(ctx: _Context, inputs: Mapping[str, Any], base: Path) -> None:

@@ -40,6 +40,8 @@ class PlannedStep:
     idempotent: bool
     spec_dump: Mapping[str, Any]
     """The step's fields as JSON-able data, computed once (the cache key hashes it)."""
+    outs: tuple[str, ...] = ()
+    """The files and folders the step writes: its `outs`, then its `source: file` outputs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
             cache=step.cache if step.cache is not None else step.idempotent,
             idempotent=step.idempotent,
             spec_dump=_work_spec(flow, step),
+            outs=_outs(step),
         )
     gates = {gid: _plan_gate(gid, gate, registry) for gid, gate in flow.gates.items()}
     waits = {
@@ -108,6 +111,11 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
     }
     digest = "sha256:" + hashlib.sha256(doc.raw).hexdigest()
     return Plan(flow, doc.path, digest, project_root, order, planned, gates, waits)
+
+
+def _outs(step: Step) -> tuple[str, ...]:
+    files = [o.file for o in step.outputs.values() if o.source == "file" and o.file]
+    return tuple(dict.fromkeys([*step.outs, *files]))
 
 
 def _work_spec(flow: Flow, step: Step) -> dict[str, Any]:

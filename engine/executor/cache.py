@@ -1,7 +1,9 @@
 """The step cache: skip work whose inputs, spec and code have not changed (as DVC does).
 
-Owns: the cache key of a step instance, and the on-disk cache index
-(`.blocks/cache/ab/abcdef....json`, one small JSON file per key, written atomically).
+Owns: the cache key of a step instance, the on-disk cache index
+(`.blocks/cache/ab/abcdef....json`, one small JSON file per key, written atomically), and the
+copies of the files a step writes (its `outs`, in `.blocks/cache/blobs/`, by content), put
+back on a cache hit as DVC does.
 The key is a sha256 over the canonical JSON of: the kind, the step's work-defining fields,
 the resolved parameters, the code digest, the digests of the upstream steps' results, and the
 contents of the step's `deps` files. A change anywhere upstream changes the key downstream.
@@ -14,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,12 @@ from engine.plan import Plan, PlannedStep
 __all__ = [
     "CACHE_VERSION",
     "CacheEntry",
+    "OutsMissing",
     "StepCache",
     "canonical_json",
     "digest_json",
     "key_for_step",
+    "snapshot_outs",
     "step_key",
 ]
 
@@ -144,6 +149,33 @@ class CacheEntry:
     outputs: dict[str, Any]
     result: Any
     result_digest: str
+    files: Mapping[str, str] = field(default_factory=dict)
+    """The step's `outs` when it ran: project-relative file path -> sha256 of its bytes."""
+
+
+class OutsMissing(Exception):
+    """A declared out was not written by the step (the message names it)."""
+
+
+def snapshot_outs(project_root: Path, outs: Iterable[str]) -> dict[str, str]:
+    """Every file under the step's `outs` (a file, or a folder's files, recursively) with
+    the sha256 of its bytes, by project-relative `/`-separated path. Raises `OutsMissing`
+    for an out that does not exist."""
+    files: dict[str, str] = {}
+    for rel in outs:
+        base = project_root / rel
+        if base.is_file():
+            files[_rel(project_root, base)] = _file_digest(base)
+        elif base.is_dir():
+            for path in sorted(p for p in base.rglob("*") if p.is_file() and not _ignored(p)):
+                files[_rel(project_root, path)] = _file_digest(path)
+        else:
+            raise OutsMissing(f"outs: the step did not write {rel}")
+    return files
+
+
+def _rel(project_root: Path, path: Path) -> str:
+    return path.relative_to(project_root).as_posix()
 
 
 class StepCache:
@@ -170,7 +202,39 @@ class StepCache:
             data["outputs"],
             data.get("result"),
             data["result_digest"],
+            data.get("files") or {},
         )
+
+    def _blob(self, digest: str) -> Path:
+        hexdigest = digest.split(":", 1)[-1]
+        return self.root / "blobs" / hexdigest[:2] / hexdigest
+
+    def keep_files(self, project_root: Path, files: Mapping[str, str]) -> None:
+        """Copy each out into the blob store (once per content), so a hit can put it back."""
+        for rel, digest in files.items():
+            blob = self._blob(digest)
+            if blob.is_file():
+                continue
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_copy(project_root / rel, blob, expect=digest)
+
+    def restore_files(self, project_root: Path, files: Mapping[str, str]) -> list[str] | None:
+        """Put back every out that is missing or differs from what the cached run wrote.
+
+        Returns the paths written (empty when all were in place), or None, writing nothing,
+        when a copy needed is not in the blob store (then the step must run)."""
+        stale = [
+            rel
+            for rel, digest in files.items()
+            if not (project_root / rel).is_file() or _file_digest(project_root / rel) != digest
+        ]
+        if any(not self._blob(files[rel]).is_file() for rel in stale):
+            return None
+        for rel in stale:
+            target = project_root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_copy(self._blob(files[rel]), target, expect=files[rel])
+        return stale
 
     def put(self, entry: CacheEntry) -> None:
         target = self._path(entry.key)
@@ -183,6 +247,7 @@ class StepCache:
                 "outputs": entry.outputs,
                 "result": entry.result,
                 "result_digest": entry.result_digest,
+                **({"files": dict(entry.files)} if entry.files else {}),
             }
         )
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -193,3 +258,22 @@ class StepCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _atomic_copy(source: Path, target: Path, *, expect: str) -> None:
+    """Copy `source` to `target` through a temporary file and a rename, checking that the
+    bytes copied have the digest `expect` (a file changed under us is not kept)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+        if "sha256:" + h.hexdigest() != expect:
+            raise OSError(f"{source} changed while it was being copied")
+        shutil.copymode(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

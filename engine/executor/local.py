@@ -27,7 +27,14 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from engine.errors import ExecutionError, ExpressionError, StepFailed
-from engine.executor.cache import CacheEntry, StepCache, digest_json, key_for_step
+from engine.executor.cache import (
+    CacheEntry,
+    OutsMissing,
+    StepCache,
+    digest_json,
+    key_for_step,
+    snapshot_outs,
+)
 from engine.executor.faults import Faults
 from engine.executor.journal import JournalWriter
 from engine.executor.outputs import extract_outputs, render_value
@@ -78,6 +85,8 @@ class StepState:
     detail: dict[str, Any] = field(default_factory=dict)
     cost_usd: float = 0.0
     tokens: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    """The step's `outs`: project-relative path -> sha256 (`engine.executor.cache`)."""
 
 
 @dataclass(frozen=True)
@@ -595,6 +604,15 @@ class _Run:
         entry = self.x.cache.get(key)
         if entry is None:
             return False
+        restored: list[str] | None = []
+        if entry.files:
+            try:
+                restored = self.x.cache.restore_files(self.plan.project_root, entry.files)
+            except OSError:
+                restored = None
+            if restored is None:
+                return False  # an out the entry needs is gone from the cache: run the step
+            state.files = dict(entry.files)
         state.status = "cached"
         state.outputs = entry.outputs
         state.result = entry.result
@@ -609,6 +627,7 @@ class _Run:
             result=entry.result,
             key=key,
             result_digest=entry.result_digest,
+            **({"outs": state.files, "restored": restored} if entry.files else {}),
         )
         return True
 
@@ -695,6 +714,8 @@ class _Run:
                 if ps.spec.outputs
                 else {}
             )
+            if ps.outs:
+                state.files = snapshot_outs(self.plan.project_root, ps.outs)
             state.result = result.result
             # outputs too: a shell step's value may live in its stdout, not its result
             state.result_digest = (
@@ -708,6 +729,8 @@ class _Run:
             return None
         except StepFailed as exc:
             return str(exc), exc.category, exc.retry_after
+        except OutsMissing as exc:
+            return str(exc), "permanent", None
         except TimeoutError:
             return f"timed out after {_seconds(ps.timeout)}", "timeout", None
         except anyio.get_cancelled_exc_class():
@@ -774,18 +797,31 @@ class _Run:
             detail=state.detail,
             cost_usd=state.cost_usd,
             tokens=state.tokens,
+            **({"outs": state.files} if state.files else {}),
         )
         if key is not None:
-            self.x.cache.put(
-                CacheEntry(
-                    key,
-                    self.options.run_id,
-                    ps.id,
-                    self.x.redactor.value(state.outputs),
-                    self.x.redactor.value(state.result),
-                    state.result_digest,
-                )
+            self._cache_put(ps, key, state)
+
+    def _cache_put(self, ps: PlannedStep, key: str, state: StepState) -> None:
+        cache = self.x.cache
+        if state.files:
+            try:
+                cache.keep_files(self.plan.project_root, state.files)
+            except OSError as exc:
+                # no copy of the outs, so no entry: a hit could not put them back
+                self.record("step.not-cached", step=ps.id, reason=f"outs not kept: {exc}")
+                return
+        cache.put(
+            CacheEntry(
+                key,
+                self.options.run_id,
+                ps.id,
+                self.x.redactor.value(state.outputs),
+                self.x.redactor.value(state.result),
+                state.result_digest,
+                state.files,
             )
+        )
 
     def _fail(
         self,

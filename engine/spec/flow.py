@@ -164,6 +164,10 @@ class _StepBase(SpecModel):
     success. Default: on for idempotent steps, off for the others."""
     deps: list[RelPath] = Field(default_factory=list)
     """Files or folders the step reads outside its inputs; their contents join the cache key."""
+    outs: list[RelPath] = Field(default_factory=list)
+    """Files or folders the step writes (as DVC's `outs`). The step fails if one is missing
+    when it ends; their digests go into the run's record; the step cache keeps a copy and
+    puts them back on a cache hit. Files named by `source: file` outputs count too."""
     outputs: dict[Identifier, OutputSpec] = Field(default_factory=dict)
 
 
