@@ -308,7 +308,10 @@ def test_gc_removes_only_unreferenced_blobs_whose_retention_ended(
             Retention={"Mode": "GOVERNANCE", "RetainUntilDate": past},
             BypassGovernanceRetention=True,
         )
+    assert store.gc_preview() == [orphan]  # `blocks bundle gc --dry-run`: removes nothing
+    assert store.key(orphan) in {v["Key"] for v in versions(s3_client, store)}
     assert store.gc() == [orphan]
+    assert store.gc_preview() == []
     assert store.verify(root).ok  # the referenced one stays, expired or not
     assert store.read_member(root, "notes.txt") == MEMBERS["notes.txt"]
     keys = {v["Key"] for v in versions(s3_client, store)}
@@ -409,6 +412,12 @@ def test_blocks_run_bundles_into_s3_and_bundle_verify_reads_it_back(
     shown = blocks_project.blocks("bundle", "show", run_id, env=env)
     assert shown.returncode == 0, blocks_project.explain(shown)
     assert f"run {run_id}" in shown.stdout
+
+    # everything is referenced and locked: a preview finds nothing, and removes nothing
+    preview = blocks_project.blocks("bundle", "gc", "--dry-run", "--json", env=env)
+    assert preview.returncode == 0, blocks_project.explain(preview)
+    assert json.loads(preview.stdout)["removed"] == []
+    assert json.loads(preview.stdout)["dry_run"] is True
 
     # the same commands against a bucket without Object Lock: refused, clearly, no traceback
     refused_env = {**env, "BLOCKS_STORE": f"s3://{VERSIONED}/{unique_prefix()}"}

@@ -922,12 +922,29 @@ class S3BundleStore:
         Object Lock that is only what outlived its retention: debris of a crashed put stays
         until then. Never removes a manifest, sidecar, index or ledger entry, or a key that
         is not a blob's (evidence: `verify` reports it). Returns the keys removed."""
+        removed: list[str] = []
+        for rel, version_id in self._collectable(keep):
+            self._call(
+                "delete", rel, self._s3.delete_object, Key=self.key(rel), VersionId=version_id
+            )
+            self._pinned.pop(rel, None)
+            if rel not in removed:
+                removed.append(rel)
+        return removed
+
+    def gc_preview(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """The keys `gc(keep)` would remove now, removing nothing (`blocks bundle gc
+        --dry-run`): the same listing, grace period, retention and legal-hold checks."""
+        return list(dict.fromkeys(rel for rel, _ in self._collectable(keep)))
+
+    def _collectable(self, keep: set[str] | frozenset[str]) -> list[tuple[str, str]]:
+        """(key, version id) of every blob version `gc` may delete now."""
         for digest in keep:
             check_digest(digest)
         self._ready()
         referenced = self._referenced(frozenset(keep))
         now = _now()
-        removed: list[str] = []
+        out: list[tuple[str, str]] = []
         for rel, versions in sorted(self._listing("blobs/").versions.items()):
             named = _blob_digest(rel)
             if named is None or named in referenced:
@@ -940,13 +957,8 @@ class S3BundleStore:
                 _, until, held = self._lock_of(rel, v.version_id)
                 if held or (until is not None and until > now):
                     continue
-                self._call(
-                    "delete", rel, self._s3.delete_object, Key=self.key(rel), VersionId=v.version_id
-                )
-                self._pinned.pop(rel, None)
-                if rel not in removed:
-                    removed.append(rel)
-        return removed
+                out.append((rel, v.version_id))
+        return out
 
 
 # ---- helpers -----------------------------------------------------------------------------
