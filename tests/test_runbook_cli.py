@@ -334,14 +334,26 @@ def test_an_approval_blocks_until_given_and_the_starter_is_not_enough(ops: Proje
     assert "alice started this runbook and cannot be its only approver" in done.stdout
     assert channels(ops)["prod"]["bundle"] == b["bundle"]
 
+    # resumed by someone else: the one who started it is still not enough alone
+    done = ops.blocks(
+        *args, "--resume", run_id, "--approve-as", "alice", env={"BLOCKS_USER": "carol"}
+    )
+    assert done.returncode == 5, ops.explain(done)
+    assert "alice started this runbook and cannot be its only approver" in done.stdout
+
     done = ops.blocks(*args, "--resume", run_id, "--approve-as", "bob", env=env)
     assert done.returncode == 0, ops.explain(done)
     assert channels(ops)["prod"]["bundle"] == a["bundle"]
     records = journal(ops, run_id)
-    given = [r["by"] for r in records if r["event"] == "approval.given"]
-    assert given == ["alice", "bob"]
-    bundle = ops.blocks("bundle", "show", run_id, "--json")
-    assert '"by": "bob"' in bundle.stdout or "bob" in bundle.stdout
+    given = [r for r in records if r["event"] == "approval.given"]
+    assert [r["by"] for r in given] == ["alice", "bob"]
+    # names are not authenticated: the record keeps the account that typed each one
+    assert [r["recorded_by"].split("@")[0] for r in given] == ["alice", "alice"]
+    assert {r["via"] for r in given} == {"flag"}
+    report = ops.blocks("runbook", "report", run_id)
+    assert report.returncode == 0, ops.explain(report)
+    assert "approved by bob (entered with --approve-as by alice@" in report.stdout
+    assert "approved by alice (entered" not in report.stdout  # her own account: nothing to add
 
 
 def test_dry_run_changes_nothing(ops: Project) -> None:

@@ -45,7 +45,15 @@ def incident_members(
         if isinstance(sid, str):
             steps.setdefault(sid, {"step": sid, "records": []})["records"].append(rec)
         if rec.get("event") == "approval.given":
-            approvals.append({"step": sid, "by": rec.get("by"), "at": _utc(rec.get("t"))})
+            approvals.append(
+                {
+                    "step": sid,
+                    "by": rec.get("by"),
+                    "at": _utc(rec.get("t")),
+                    "recorded_by": rec.get("recorded_by"),
+                    "via": rec.get("via"),
+                }
+            )
     from engine.channels import Channels  # noqa: PLC0415
 
     ledger = [

@@ -54,7 +54,7 @@ def _what(rec: Mapping[str, Any]) -> str:
     if event == "step.skipped":
         return f"skipped ({_cell(rec.get('reason'))})"
     if event == "approval.given":
-        return f"approved by **{rec.get('by')}**"
+        return f"approved by **{rec.get('by')}**{_entered_by(rec)}"
     if event == "approval.refused":
         return "approval refused"
     if event == "runbook.paused":
@@ -114,7 +114,7 @@ def render_report(
         for r in approvals:
             who = r.get("by") or "(refused at the prompt)"
             lines.append(
-                f"- {_time(r.get('t'))}: step `{r.get('step')}` approved by {who}"
+                f"- {_time(r.get('t'))}: step `{r.get('step')}` approved by {who}{_entered_by(r)}"
                 if r.get("event") == "approval.given"
                 else f"- {_time(r.get('t'))}: step `{r.get('step')}` refused"
             )
@@ -169,3 +169,14 @@ def render_report(
     else:
         lines.append("- None.")
     return "\n".join(lines) + "\n"
+
+
+def _entered_by(rec: Mapping[str, Any]) -> str:
+    """Who typed the approver's name, when that account is not the name itself: names are
+    not authenticated, so the record keeps both."""
+    holder = str(rec.get("recorded_by") or "")
+    account = holder.split("@", 1)[0]
+    if not holder or account == rec.get("by"):
+        return ""
+    how = "at the prompt" if rec.get("via") == "prompt" else "with --approve-as"
+    return f" (entered {how} by {holder})"

@@ -127,6 +127,10 @@ class _State:
     finished: str | None = None
     visits: dict[str, int] = field(default_factory=dict)
     rechecked: dict[str, bool] = field(default_factory=dict)
+    starter: str = ""
+    """Who started the runbook (its `runbook.started` record): never its only approver."""
+    holder: str = ""
+    """`user@host:pid` of this process: recorded with each approval it takes in."""
 
 
 class RunbookRunner:
@@ -229,6 +233,7 @@ class RunbookRunner:
                 records = read_journal(run_dir / JOURNAL).records
                 if options.resume is not None:
                     state = self._replay(records, book, options.force)
+                    state.starter = str(records[0].get("by") or user) if records else user
                     procs.rechecked.update(state.rechecked)
                     await self._emit(
                         journal,
@@ -243,7 +248,7 @@ class RunbookRunner:
                     values = coerce_values(
                         book.params, options.params, what="param", flag="--param"
                     )
-                    state = _State(params=values)
+                    state = _State(params=values, starter=user)
                     await self._emit(
                         journal,
                         {
@@ -259,7 +264,8 @@ class RunbookRunner:
                             "sandbox": str(rehearsal) if rehearsal else None,
                         },
                     )
-                status = await self._drive(book, state, procs, journal, options, user)
+                state.holder = holder
+                status = await self._drive(book, state, procs, journal, options)
             finally:
                 await journal.aclose()
         outcome = RunbookOutcome(
@@ -278,7 +284,6 @@ class RunbookRunner:
         procs: Procedures,
         journal: JournalWriter,
         options: RunbookOptions,
-        user: str,
     ) -> Status:
         steps = book.steps
         index = {s.id: i for i, s in enumerate(steps)}
@@ -315,7 +320,7 @@ class RunbookRunner:
                 )
                 continue
             try:
-                result = await self._step(step, state, procs, journal, act, options, user)
+                result = await self._step(step, state, procs, journal, act, options)
             except _Paused as paused:
                 state.steps[step.id] = {
                     "status": "waiting",
@@ -383,7 +388,6 @@ class RunbookRunner:
         journal: JournalWriter,
         act: dict[str, Any],
         options: RunbookOptions,
-        user: str,
     ) -> dict[str, Any]:
         try:
             args = render_value(step.do.model_dump(by_alias=True, exclude_none=True), act)
@@ -394,7 +398,7 @@ class RunbookRunner:
             {"event": "step.started", "step": step.id, "do": args, "idempotent": step.idempotent},
         )
         if args["kind"] == "approval":
-            result = await self._approve(step, args, state, journal, options, user)
+            result = await self._approve(step, args, state, journal, options)
         else:
             try:
                 with anyio.fail_after(step.timeout if step.timeout else math.inf):
@@ -435,8 +439,12 @@ class RunbookRunner:
         state: _State,
         journal: JournalWriter,
         options: RunbookOptions,
-        starter: str,
     ) -> dict[str, Any]:
+        """Names are taken as given (there is no identity provider here): each approval is
+        recorded with the account and host of the process that took it in, so the record
+        shows who typed a name, and the one who started the runbook, whoever resumes it,
+        is never enough alone."""
+        starter = state.starter
         need = int(args.get("approvers", 1))
         have = list(state.approvals.get(step.id, []))
         message = str(args.get("message") or f"approve step {step.id}?")
@@ -444,7 +452,7 @@ class RunbookRunner:
             name = given.strip()
             if name and name not in have:
                 have.append(name)
-                await self._emit(journal, {"event": "approval.given", "step": step.id, "by": name})
+                await self._emit(journal, self._approval(step.id, name, state, "flag"))
 
         def enough() -> bool:
             return len(have) >= need and any(n != starter for n in have)
@@ -457,7 +465,7 @@ class RunbookRunner:
             name = answer.strip()
             if name and name not in have:
                 have.append(name)
-                await self._emit(journal, {"event": "approval.given", "step": step.id, "by": name})
+                await self._emit(journal, self._approval(step.id, name, state, "prompt"))
         state.approvals[step.id] = have
         if not enough():
             only_starter = have and all(n == starter for n in have)
@@ -474,6 +482,16 @@ class RunbookRunner:
                 }
             )
         return {"approved_by": have, "approvers": need}
+
+    @staticmethod
+    def _approval(sid: str, name: str, state: _State, via: str) -> dict[str, Any]:
+        return {
+            "event": "approval.given",
+            "step": sid,
+            "by": name,
+            "via": via,  # `--approve-as` or the terminal prompt
+            "recorded_by": state.holder,
+        }
 
     async def _abort(
         self, book: Runbook, state: _State, procs: Procedures, journal: JournalWriter
