@@ -337,9 +337,12 @@ CATEGORIES: list[tuple[str, str, Any, Any]] = [
     ),
     (
         "step workdir: path building",
-        "`engine/executor/local.py:_Run._attempt`: `steps_dir.joinpath(instance, 'attempt-1')`",
-        lambda f, fn: f.endswith("pathlib.py") and fn in ("__truediv__", "joinpath"),
-        lambda f, fn: f.endswith("executor/local.py"),
+        "pathlib from `engine/executor/local.py` or `StepContext.workdir`: none when the kind "
+        "never asks (the attempt's workdir is passed as a string; the `Path` is built on use)",
+        lambda f, fn: (
+            f.endswith("pathlib.py") and fn in ("__truediv__", "joinpath", "__new__", "_from_parts")
+        ),
+        lambda f, fn: f.endswith("executor/local.py") or f.endswith("engine/plugins.py"),
     ),
     (
         "journal records",
@@ -646,8 +649,8 @@ def _preamble(
         f"`requirements-peers.txt`, outside the repository).{earlier}",
         "",
         f"Recorded {info['date']} on {info['cpu']}, {info['python']} ({info['os']}); "
-        f"{info['load']}. **A shared, loaded 2-core machine**: other test runs were going on; "
-        "compare rows of this run, not runs.",
+        f"{info['load']}. **A shared 2-core machine**: other work may run at the same time "
+        "(the load average says how much); compare rows of this run, not runs.",
         "",
         "Flows: `bench/executor_flows/gen.py` (into `bench/out/executor/flows/`); every step is "
         "a `python` step calling an `async def` no-op in `bench/executor_flows/bench_noop.py` "
