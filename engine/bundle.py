@@ -620,7 +620,7 @@ def _fold_steps(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             )
         elif event in _STEP_END and "attempt" in rec:
             _end_attempt(step, instance, rec, _STEP_END[event])
-        if event == "step.succeeded":
+        if event in _SPENDS:
             step["cost_usd"] = _total((step["cost_usd"], rec.get("cost_usd") or 0.0))
             step["tokens"] += int(rec.get("tokens") or 0)
         if instance == sid and event in _STEP_FINAL:
@@ -758,24 +758,31 @@ def _gate_calls(records: list[dict[str, Any]], routes: Mapping[str, str]) -> lis
     return calls
 
 
+_SPENDS: Final = frozenset({"step.succeeded", "step.failed", "step.retrying"})
+"""Records that carry what an attempt spent: a failed llm attempt's calls cost money too."""
+
+
 def _ledger(records: list[dict[str, Any]], routes: Mapping[str, str]) -> dict[str, Any]:
     calls: list[dict[str, Any]] = []
     for rec in records:
         detail = rec.get("detail")
-        if rec.get("event") != "step.succeeded" or not isinstance(detail, Mapping):
+        if rec.get("event") not in _SPENDS or not isinstance(detail, Mapping):
             continue
         samples = detail.get("samples")
         if not isinstance(samples, list):
             continue
         route = detail.get("route")
         for sample in samples:
-            if isinstance(sample, Mapping):
-                who = {
-                    "step": rec.get("step"),
-                    "instance": rec.get("instance", rec.get("step")),
-                    "attempt": rec.get("attempt"),
-                }
-                calls.append(_call(who, sample, route, routes, detail.get("prompt_sha256")))
+            if not isinstance(sample, Mapping) or not (
+                rec.get("event") == "step.succeeded" or sample.get("model_answered")
+            ):
+                continue  # a failed attempt's sample no model answered cost nothing
+            who = {
+                "step": rec.get("step"),
+                "instance": rec.get("instance", rec.get("step")),
+                "attempt": rec.get("attempt"),
+            }
+            calls.append(_call(who, sample, route, routes, detail.get("prompt_sha256")))
     calls.extend(_gate_calls(records, routes))
     answered = sorted({str(c["model_answered"]) for c in calls if c["model_answered"]})
     return {

@@ -30,8 +30,9 @@ Gates *return* verdicts; they raise `GateError` only when the gate itself is bro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "BundleError",
@@ -153,7 +154,9 @@ class StepFailed(ExecutionError):
 
     `category` tells the retry policy what happened: `timeout`, `rate_limit`,
     `server_error`, `connection` and `exit_code` may be transient (a step's `retry.on`
-    decides); `permanent` (and anything else) is never retried.
+    decides); `permanent` (and anything else) is never retried. `detail`, `cost_usd` and
+    `tokens` are what the failed attempt did anyway (an llm step's provider attempts and
+    what they cost): the executor records them with the failure.
     """
 
     def __init__(
@@ -163,10 +166,22 @@ class StepFailed(ExecutionError):
         step: str | None = None,
         category: str = "permanent",
         retry_after: float | None = None,
+        detail: Mapping[str, Any] | None = None,
+        cost_usd: float = 0.0,
+        tokens: int = 0,
     ) -> None:
         super().__init__(message, step=step)
         self.category = category
         self.retry_after = retry_after
+        self.detail = detail
+        self.cost_usd = cost_usd
+        self.tokens = tokens
+
+    def spent(self) -> dict[str, Any]:
+        """The fields a journal record of this failure adds (none for a plain failure)."""
+        if self.detail is None and not self.cost_usd and not self.tokens:
+            return {}
+        return {"detail": dict(self.detail or {}), "cost_usd": self.cost_usd, "tokens": self.tokens}
 
 
 class StepTimedOut(ExecutionError):

@@ -232,6 +232,45 @@ def test_contract_failure_reasks_once_then_fails_with_json_paths(faults: Run) ->
     assert "/items/0/score" in reask
     assert "/verdict" in reask
     assert "'high' is not of type 'number'" in reask
+    # the failure's record keeps what the attempt asked and was answered: both calls, the
+    # violations, and what they spent (alerts count the calls; the bundle's ledger, the cost)
+    attempts = failed["detail"]["attempts"]
+    assert [(a["model_asked"], a["outcome"]) for a in attempts] == [
+        ("openai/gpt-4o-mini", "ok"),
+        ("openai/gpt-4o-mini", "ok"),
+    ]
+    (sample,) = failed["detail"]["samples"]
+    assert sample["reasks"] == 1
+    assert len(sample["violations"]) == 2
+    assert failed["tokens"] == sum(a["prompt_tokens"] + a["completion_tokens"] for a in attempts)
+    assert failed["tokens"] > 0
+
+
+def test_a_refused_call_is_recorded_with_the_failure(faults: Run) -> None:
+    denied = faults.only("step.failed", "denied")
+    (attempt,) = denied["detail"]["attempts"]
+    assert attempt["model_asked"] == "openai/gpt-4.1"
+    assert attempt["outcome"] == "permanent"
+    assert attempt["model_answered"] is None
+    assert denied["detail"]["samples"][0].get("model_answered") is None
+    assert denied["cost_usd"] == 0.0
+
+
+def test_the_bundle_ledger_counts_the_calls_of_failed_steps(faults: Run) -> None:
+    outcome = json.loads(faults.done.stdout)
+    out = faults.project.root / "exported"
+    done = faults.project.blocks("bundle", "export", outcome["bundle"], "--to", str(out))
+    assert done.returncode == 0, Project.explain(done)
+    ledger = json.loads((out / "members" / "llm" / "ledger.json").read_text())
+    by_step = {c["step"] for c in ledger["calls"]}
+    assert "contract" in by_step  # answered, then failed its contract: it cost tokens
+    assert "denied" not in by_step  # refused before any answer: nothing spent
+    steps = {
+        name: json.loads((out / "members" / "steps" / f"{name}.json").read_text())
+        for name in ("contract", "denied")
+    }
+    assert steps["contract"]["tokens"] > 0
+    assert steps["denied"]["tokens"] == 0
 
 
 def test_reask_that_repairs_the_answer_succeeds_and_records_the_violations(faults: Run) -> None:

@@ -660,10 +660,10 @@ class _Run:
                 state.duration = elapsed
                 self._succeeded(ps, instance, key, state)
                 return
-            message, category, retry_after = error
+            message, category, retry_after, spent = error
             final = attempt == retry.attempts or category not in retry.on
             if final:
-                self._fail(ps, state, instance, message, category, elapsed, final=True)
+                self._fail(ps, state, instance, message, category, elapsed, final=True, **spent)
                 return
             delay = self._delay(retry, attempt, retry_after)
             self.record(
@@ -674,6 +674,7 @@ class _Run:
                 error=message,
                 category=category,
                 delay=round(delay, 6),
+                **spent,
             )
             await self.x.clock.sleep(delay)
 
@@ -685,8 +686,9 @@ class _Run:
         resolved: Mapping[str, Any],
         env: Mapping[str, str],
         state: StepState,
-    ) -> tuple[str, str, float | None] | None:
-        """One try. Returns None on success, else (message, category, retry_after)."""
+    ) -> tuple[str, str, float | None, dict[str, Any]] | None:
+        """One try. Returns None on success, else (message, category, retry_after, what
+        the failed try spent: fields for its record, see `StepFailed.spent`)."""
         ctx = StepContext(
             run_id=self.options.run_id,
             step_id=ps.id,
@@ -728,20 +730,20 @@ class _Run:
             state.tokens = result.tokens
             return None
         except StepFailed as exc:
-            return str(exc), exc.category, exc.retry_after
+            return str(exc), exc.category, exc.retry_after, exc.spent()
         except OutsMissing as exc:
-            return str(exc), "permanent", None
+            return str(exc), "permanent", None, {}
         except TimeoutError:
-            return f"timed out after {_seconds(ps.timeout)}", "timeout", None
+            return f"timed out after {_seconds(ps.timeout)}", "timeout", None, {}
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 state.status = "cancelled"
                 self.record("step.cancelled", step=ps.id, instance=instance, attempt=attempt)
             raise
         except ExecutionError as exc:
-            return str(exc), "permanent", None
+            return str(exc), "permanent", None, {}
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}", "permanent", None
+            return f"{type(exc).__name__}: {exc}", "permanent", None, {}
 
     def _logger(self, sid: str, instance: str) -> Callable[[str, str], None]:
         def log(stream: str, line: str) -> None:
@@ -833,6 +835,7 @@ class _Run:
         elapsed: float,
         *,
         final: bool,
+        **spent: Any,
     ) -> None:
         state.status = "failed"
         state.error = message
@@ -847,6 +850,7 @@ class _Run:
             duration=round(elapsed, 6),
             final=final,
             tolerated=ps.spec.continue_on_failure,
+            **spent,
         )
 
     def _flow_outputs(self) -> dict[str, Any]:

@@ -335,10 +335,14 @@ class Ledger:
     def as_dicts(self) -> list[dict[str, Any]]:
         return [_row(e) for e in self._entries]
 
-    def instance_dicts(self, instance: str | None) -> list[dict[str, Any]]:
-        """`as_dicts` of the attempts of one step instance, in order. Indexed: each step
-        of a 1,000-item fan-out reading its own attempts must not convert the whole run's."""
-        return [_row(e) for e in self._by_instance.get(instance, ())]
+    def instance_dicts(self, instance: str | None, start: int = 0) -> list[dict[str, Any]]:
+        """`as_dicts` of the attempts of one step instance, in order, from its `start`-th
+        (`instance_count` before a step attempt: the ones that attempt made). Indexed: each
+        step of a 1,000-item fan-out reading its own attempts must not convert the run's."""
+        return [_row(e) for e in self._by_instance.get(instance, ())[start:]]
+
+    def instance_count(self, instance: str | None) -> int:
+        return len(self._by_instance.get(instance, ()))
 
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(LedgerEntry))

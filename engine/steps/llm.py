@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,26 +67,47 @@ class LlmKind:
         messages = _messages(ctx, resolved)
         outputs: list[Any] = []
         detail_samples: list[dict[str, Any]] = []
-        cost = 0.0
-        tokens = 0
-        for sample in range(int(resolved.get("samples", 1))):
-            value, record = await _one_sample(gateway, ctx, resolved, messages, schema, sample)
-            outputs.append(value)
-            detail_samples.append(record)
-            cost += record["cost_usd"]
-            tokens += record["tokens"]
+        first = gateway.ledger.instance_count(ctx.instance)
+
+        def detail() -> dict[str, Any]:
+            rendered = ctx.redactor.text(json.dumps(messages, ensure_ascii=False))
+            return {
+                "route": resolved["model"],
+                "prompt_sha256": hashlib.sha256(rendered.encode()).hexdigest(),
+                "prompt": rendered[:_MAX_RECORDED_PROMPT],
+                "samples": detail_samples,
+                "model_answered": (
+                    detail_samples[-1].get("model_answered") if detail_samples else None
+                ),
+                # every provider attempt of this step attempt, failed ones too: retries,
+                # fallbacks and degrades leave a trace (an earlier step attempt's are in
+                # its own `step.retrying` record)
+                "attempts": gateway.ledger.instance_dicts(ctx.instance, first),
+            }
+
+        try:
+            for sample in range(int(resolved.get("samples", 1))):
+                outputs.append(
+                    await _one_sample(
+                        gateway, ctx, resolved, messages, schema, sample, detail_samples
+                    )
+                )
+        except StepFailed as exc:
+            # what the failed attempt asked and spent goes into the failure's record
+            rows = gateway.ledger.instance_dicts(ctx.instance, first)
+            raise StepFailed(
+                str(exc),
+                step=ctx.instance,
+                category=exc.category,
+                retry_after=exc.retry_after,
+                detail=detail(),
+                cost_usd=math.fsum(float(r["cost_usd"] or 0.0) for r in rows),
+                tokens=sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in rows),
+            ) from None
         result = outputs[0] if len(outputs) == 1 else {"samples": outputs}
-        rendered = ctx.redactor.text(json.dumps(messages, ensure_ascii=False))
-        detail = {
-            "route": resolved["model"],
-            "prompt_sha256": hashlib.sha256(rendered.encode()).hexdigest(),
-            "prompt": rendered[:_MAX_RECORDED_PROMPT],
-            "samples": detail_samples,
-            "model_answered": detail_samples[-1]["model_answered"] if detail_samples else None,
-            # every attempt, failed ones too: retries, fallbacks and degrades leave a trace
-            "attempts": gateway.ledger.instance_dicts(ctx.instance),
-        }
-        return StepResult(result=result, detail=detail, cost_usd=cost, tokens=tokens)
+        cost = math.fsum(r["cost_usd"] for r in detail_samples)
+        tokens = sum(r["tokens"] for r in detail_samples)
+        return StepResult(result=result, detail=detail(), cost_usd=cost, tokens=tokens)
 
 
 def _replayed(ctx: StepContext, replay: Mapping[str, Any]) -> StepResult:
@@ -134,9 +156,13 @@ async def _one_sample(
     messages: list[dict[str, str]],
     schema: Any,
     sample: int,
-) -> tuple[Any, dict[str, Any]]:
+    records: list[dict[str, Any]],
+) -> Any:
+    """One sample, re-asked on a broken contract. Its record joins `records` at once, so a
+    failure later still shows what was answered."""
     conversation = list(messages)
     record: dict[str, Any] = {"sample": sample, "reasks": 0, "cost_usd": 0.0, "tokens": 0}
+    records.append(record)
     for ask in range(int(resolved.get("reask", 1)) + 1):
         try:
             reply = await gateway.chat(
@@ -167,7 +193,7 @@ async def _one_sample(
         problems = _problems(reply, schema)
         record["reasks"] = ask  # re-asks sent so far (0 when the first answer was kept)
         if not problems:
-            return (json.loads(reply.content) if schema is not None else reply.content), record
+            return json.loads(reply.content) if schema is not None else reply.content
         record.setdefault("violations", []).append(problems)
         if ask == int(resolved.get("reask", 1)):
             raise StepFailed(
