@@ -9,6 +9,9 @@ the file; `--check` exits 1 when the file on disk differs (tests/test_docs.py do
 Must not: validate specs (the tests validate the files the snippets come from), import
 `engine.checks` or anything above this layer, or import pydantic, `engine.spec` or
 `engine.schema` at module import time (`blocks --help` must stay light).
+
+Over the 700-line budget on purpose: most of it is the prose of the reference (the notes on
+fields and the semantic rules), kept next to the code that places it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ environment variables (runtime hands it secrets), or know a step kind's internal
 Durability: every transition is appended to the journal (write(2), survives kill -9) before
 it takes effect; `fdatasync` is group-committed in the background, and awaited before a
 non-idempotent step starts and before the run reports its end (see `journal.py`).
+
+Over the 700-line budget on purpose: `_Run` is one state machine (each step's state, the
+counters that say when the run is settled, the gates waiting on steps), and splitting its
+methods across modules would spread one invariant over several files. The pieces with a
+contract of their own already live apart: `workers.py`, `journal.py`, `cache.py`,
+`outputs.py`, `verdicts.py`.
 """
 
 from __future__ import annotations
