@@ -112,16 +112,15 @@ def _now() -> str:
 
 
 def parse_time(text: str) -> str:
-    """An ISO 8601 time, as the ledger writes it (UTC, microseconds), for comparisons."""
+    """An ISO 8601 time, as the ledger writes it (UTC, microseconds), for comparisons.
+    A time that is not one is a usage error (exit 2), like any bad command-line value."""
     raw = text.strip()
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ChannelError(
-            f"time {text!r}: expected ISO 8601 such as 2026-11-01T00:00:00Z"
-        ) from None
+        raise UsageError(f"time {text!r}: expected ISO 8601 such as 2026-11-01T00:00:00Z") from None
     if when.tzinfo is None:
-        raise ChannelError(f"time {text!r}: say which time zone (end it with Z for UTC)")
+        raise UsageError(f"time {text!r}: say which time zone (end it with Z for UTC)")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

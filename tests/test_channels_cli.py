@@ -164,8 +164,11 @@ def test_rollback_with_nothing_good_to_return_to_is_refused(release: Project) ->
     assert done.returncode == 1
     assert "no good bundle to roll prod back to" in done.stderr
     done = release.blocks("rollback", "-c", "prod", "--to", "before:yesterday")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a bad command-line value: a usage error
     assert "expected ISO 8601" in done.stderr
+    done = release.blocks("channels", "--at", "2026-11-01T00:00:00")
+    assert done.returncode == 2
+    assert "say which time zone" in done.stderr
     done = release.blocks("promote", "no-such-run", "-c", "prod")
     assert done.returncode == 2
     assert "no bundle 'no-such-run'" in done.stderr
