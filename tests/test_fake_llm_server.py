@@ -302,8 +302,9 @@ async def test_stream_stall_longer_than_the_timeout_raises_midstream() -> None:
     with FakeLLMServer(script=script) as server:
         stream = await ask(server, stream=True, timeout=0.4)
         # bounded well under the 1.5 s stall per chunk times the chunks left
-        with anyio.fail_after(4.0), pytest.raises(
-            MidStreamFallbackError, match="Timeout on reading data"
+        with (
+            anyio.fail_after(4.0),
+            pytest.raises(MidStreamFallbackError, match="Timeout on reading data"),
         ):
             await collect(stream)
 
