@@ -25,10 +25,11 @@ or killed and never resumed, is in no window). Signals:
 - `cost_usd`: the sum of `cost_usd` of every `step.succeeded`, `step.failed` and
   `step.retrying` record of the runs in the window (a failed attempt's calls cost too).
 - `budget_burn_rate`: the spend of the runs in the window over what their budgets allow,
-  `sum(cost) / sum(budget)`, where a run's budget is the most one run of its flow may spend:
-  `limits.budget_usd`, or the sum of the routes' `budget_usd` when every route has one,
-  whichever is smaller, read from the flow file the run recorded. 1.0: runs spend their whole
-  budget. Runs whose flow has no budget are left out.
+  `sum(cost) / sum(budget)`, where a run's budget is the most one run of its flow may spend
+  (`engine.plan.run_budget_usd`: `limits.budget_usd`, or the sum of the routes'
+  `budget_usd` when every route has one, whichever is smaller), as the run's `run.started`
+  recorded it (the flow as it ran); for older runs, read from their flow file as it is now.
+  1.0: runs spend their whole budget. Runs without a budget are left out.
 
 `flow` narrows every signal to runs of that flow (by name); `provider` is read by
 `error_rate` only. No runs (or calls) in the window: the value is `None` ("no data") and the
@@ -47,6 +48,7 @@ from typing import Any, Final, Literal
 from engine import expressions as ex
 from engine.errors import EngineError, ExecutionError, ExpressionError
 from engine.executor.journal import read_journal
+from engine.plan import run_budget_usd
 from engine.providers import provider_of
 from engine.spec import AlertRule, Flow, Runbook
 from engine.validate import load_spec
@@ -57,7 +59,6 @@ __all__ = [
     "Outcome",
     "RunFacts",
     "evaluate",
-    "flow_budget",
     "fold",
     "load_history",
     "runbook_command",
@@ -96,6 +97,9 @@ class RunFacts:
     status: str = "running"
     duration: float | None = None
     cost_usd: float = 0.0
+    budget_usd: float | None = None
+    """The run's own budget, as its `run.started` recorded it (None: not recorded)."""
+    budget_recorded: bool = False
     gates: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Gate id -> (severity, last verdict status)."""
     attempts: list[Attempt] = field(default_factory=list)
@@ -133,6 +137,10 @@ def fold(records: Iterable[Mapping[str, Any]], *, at: float, run_id: str = "") -
             facts.run_id = str(rec.get("run") or facts.run_id)
             facts.flow = str(rec.get("flow") or facts.flow)
             facts.path = str(rec.get("path") or facts.path)
+            if "budget_usd" in rec:
+                budget = rec["budget_usd"]
+                facts.budget_recorded = True
+                facts.budget_usd = float(budget) if isinstance(budget, int | float) else None
             facts.finished_at, facts.status = None, "running"
         elif event == "run.finished":
             facts.finished_at, facts.status = float(t), str(rec.get("status") or "unknown")
@@ -169,7 +177,8 @@ def load_history(
     """The runs under `runs_dir` that may have records in `(at - horizon, at]`.
 
     A journal last written before that interval is not read. With `budgets`, the per-run
-    budget of every flow file a finished run recorded is read too (see `flow_budget`).
+    budget of every flow file a finished run names is read too, for runs whose `run.started`
+    does not record its budget (runs from before it did; see `engine.plan.run_budget_usd`).
     """
     runs: list[RunFacts] = []
     skipped: list[str] = []
@@ -188,18 +197,12 @@ def load_history(
         runs.append(fold(records, at=at, run_id=entry.name))
     table: dict[str, float | None] = {}
     if budgets:
-        for path in sorted({r.path for r in runs if r.finished_at is not None and r.path}):
+        # runs from before `run.started` recorded the budget: read it from their flow file
+        older = {r.path for r in runs if r.finished_at is not None and r.path}
+        older -= {r.path for r in runs if r.budget_recorded}
+        for path in sorted(older):
             table[path] = _budget_of_file(path, project_root)
     return History(tuple(runs), table, tuple(skipped))
-
-
-def flow_budget(flow: Flow) -> float | None:
-    """The most one run of `flow` may spend (USD), or None when nothing limits it."""
-    limits = [] if flow.limits.budget_usd is None else [flow.limits.budget_usd]
-    routes = [route.budget_usd for route in flow.models.values()]
-    if routes and all(b is not None for b in routes):
-        limits.append(math.fsum(b for b in routes if b is not None))
-    return min(limits) if limits else None
 
 
 def _budget_of_file(path: str, project_root: Path) -> float | None:
@@ -210,7 +213,7 @@ def _budget_of_file(path: str, project_root: Path) -> float | None:
         _, spec = load_spec(str(full), project_root=str(project_root))
     except (EngineError, OSError):
         return None
-    return flow_budget(spec) if isinstance(spec, Flow) else None
+    return run_budget_usd(spec) if isinstance(spec, Flow) else None
 
 
 # ---- signals ------------------------------------------------------------------------------
@@ -287,7 +290,9 @@ def _budget_burn_rate(rule: AlertRule, history: History, at: float) -> Measure:
     runs = _finished_in(rule, history, at)
     if not runs:
         return None, f"no {_of(rule)} finished in the window"
-    budgeted = [(r, history.budgets.get(r.path)) for r in runs]
+    budgeted = [
+        (r, r.budget_usd if r.budget_recorded else history.budgets.get(r.path)) for r in runs
+    ]
     counted = [(r.cost_usd, b) for r, b in budgeted if b is not None]
     if not counted:
         return None, (

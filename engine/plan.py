@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from engine.loader import LoadedDocument
 from engine.plugins import GateKind, Registry, StepKind
 from engine.spec import GATE_METRICS, Flow, Gate, InputSpec, MetricGate, Retry, Step
 
-__all__ = ["Plan", "PlannedGate", "PlannedStep", "build_plan", "coerce_inputs"]
+__all__ = ["Plan", "PlannedGate", "PlannedStep", "build_plan", "coerce_inputs", "run_budget_usd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,17 @@ def build_plan(doc: LoadedDocument, flow: Flow, registry: Registry, project_root
     }
     digest = "sha256:" + hashlib.sha256(doc.raw).hexdigest()
     return Plan(flow, doc.path, digest, project_root, order, planned, gates, waits)
+
+
+def run_budget_usd(flow: Flow) -> float | None:
+    """The most one run of `flow` may spend (USD): `limits.budget_usd`, or the sum of the
+    routes' `budget_usd` when every route has one, whichever is smaller; None when nothing
+    limits it. Recorded in `run.started` for `blocks alerts check`."""
+    limits = [] if flow.limits.budget_usd is None else [flow.limits.budget_usd]
+    routes = [route.budget_usd for route in flow.models.values()]
+    if routes and all(b is not None for b in routes):
+        limits.append(math.fsum(b for b in routes if b is not None))
+    return min(limits) if limits else None
 
 
 def _outs(step: Step) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from engine.executor.state import RunSummary, replay, resumable
 from engine.executor.verdicts import Verdict, judge, run_gate
 from engine.gates import builtin_gate_kinds
 from engine.overrides import Overrides
-from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs
+from engine.plan import Plan, PlannedGate, build_plan, coerce_inputs, run_budget_usd
 from engine.plugins import GateContext, Registry
 from engine.redact import Redactor
 from engine.spec import Flow, MetricGate
@@ -540,6 +540,7 @@ class Runtime:
                         "engine": __version__,
                         "steps": len(plan.order),
                         "use_cache": use_cache,
+                        "budget_usd": run_budget_usd(flow),
                         **({"overrides": dict(plan.overrides)} if plan.overrides else {}),
                     }
                 )

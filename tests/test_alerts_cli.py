@@ -413,6 +413,16 @@ def test_cost_and_budget_burn_rate(history: History) -> None:
     assert (rules["gated_cost"]["value"], rules["gated_cost"]["status"]) == (0.0, "ok")
     assert (rules["gated_burn"]["value"], rules["gated_burn"]["status"]) == (None, "no data")
     assert rules["gated_burn"]["basis"].startswith("no budget")
+    # the budget is the one the run had (its run.started record), not the file's today
+    assert events(history.journal("priced"), "run.started")[0]["budget_usd"] == 0.01
+    flow = history.project.root / "pipelines" / "priced.yaml"
+    original = flow.read_text()
+    try:
+        flow.write_text(original.replace("budget_usd: 0.01", "budget_usd: 5.0"))
+        again = check(history, path, "--at", iso(history.end), expect=1)
+    finally:
+        flow.write_text(original)
+    assert again["priced_burn"]["value"] == pytest.approx(cost / 0.01)
 
 
 def test_error_rate_per_provider_from_recorded_attempts(history: History) -> None:
