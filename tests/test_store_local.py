@@ -632,3 +632,29 @@ def test_a_canary_secret_never_reaches_a_stored_byte(store: LocalBundleStore) ->
             assert form not in data, (path, form)
     assert b"***" in store.read_member("r-canary", "run.json")
     assert store.verify("r-canary").ok
+
+
+def test_bundling_a_new_run_reads_only_its_index_not_every_manifest(tmp_path: Path) -> None:
+    """A new run's bundle must not cost a read of every bundle already stored: that grew with
+    the store, on every `blocks run`."""
+    from engine.executor.bundling import _put  # noqa: PLC0415
+
+    store = LocalBundleStore(tmp_path / "bundles")
+    for n in range(3):
+        store.put_bundle({"journal.jsonl": f"{n}\n".encode()}, run_id=f"older-{n}")
+    read: list[str] = []
+    manifest = store._manifest
+
+    def counting(digest: str) -> Manifest:
+        read.append(digest)
+        return manifest(digest)
+
+    store._manifest = counting  # type: ignore[method-assign]
+    root = _put(store, "new-run", {"journal.jsonl": b"a\n"})
+    assert read == []
+    assert store.resolve("new-run") == root
+    # the same run bundled again after its journal grew: it reads its own bundle only
+    read.clear()
+    grown = _put(store, "new-run", {"journal.jsonl": b"a\nb\n"})
+    assert set(read) == {root}
+    assert store.get_manifest(grown).supersedes == root

@@ -93,9 +93,15 @@ def _put(store: BundleStore, run_id: str, members: dict[str, bytes]) -> str:
     resumed. The same run bundled twice gives the same bundle; a journal that does not
     extend the bundled one (history rewritten, or nothing new) is refused."""
     try:
-        previous = store.resolve(run_id)
+        # `~1` asks the run's index only. A bare run id with no index entry falls back to
+        # reading every manifest in the store (for a crash between a manifest and its index
+        # entry), which every new run would pay for, growing with the store. Here that case
+        # needs no lookup: putting the bundle again writes the missing index entry (or, if
+        # the journal grew meanwhile, indexes the new bundle and leaves the other unindexed).
+        store.resolve(f"{run_id}~1")
     except BundleError:
         return store.put_bundle(members, run_id=run_id)
+    previous = store.resolve(run_id)
     before = store.get_manifest(previous)
     if {p: leaf_digest(b) for p, b in members.items()} == {
         m.path: m.digest for m in before.members
