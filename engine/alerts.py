@@ -14,7 +14,8 @@ or killed and never resumed, is in no window). Signals:
 
 - `error_rate`: failed / all provider calls whose provider is the rule's `provider`, from the
   attempts each `llm` step attempt records (`detail.attempts` of its `step.succeeded`,
-  `step.failed` or `step.retrying` record), each timed by that record. Attempts refused
+  `step.failed` or `step.retrying` record) and each `review` gate (`evidence.attempts` of
+  its `gate.evaluated` record), each timed by that record. Attempts refused
   before any request (`circuit_open`, `budget`, `cancelled`) are not calls; any outcome but
   `ok` is a failed call.
 - `latency_p95`: the nearest-rank 95th percentile of the `duration` (seconds) of runs in the
@@ -23,7 +24,8 @@ or killed and never resumed, is in no window). Signals:
   fraction whose blocking gates all passed (a gate's last verdict counts; inconclusive is
   not a pass; a skipped gate was not evaluated).
 - `cost_usd`: the sum of `cost_usd` of every `step.succeeded`, `step.failed` and
-  `step.retrying` record of the runs in the window (a failed attempt's calls cost too).
+  `step.retrying` record of the runs in the window (a failed attempt's calls cost too), and
+  of the samples of their `review` gates (`gate.evaluated` evidence).
 - `budget_burn_rate`: the spend of the runs in the window over what their budgets allow,
   `sum(cost) / sum(budget)`, where a run's budget is the most one run of its flow may spend
   (`engine.plan.run_budget_usd`: `limits.budget_usd`, or the sum of the routes'
@@ -147,17 +149,27 @@ def fold(records: Iterable[Mapping[str, Any]], *, at: float, run_id: str = "") -
             duration = rec.get("duration")
             facts.duration = float(duration) if isinstance(duration, int | float) else None
         elif event in _SPENDS:
-            cost = rec.get("cost_usd")
-            if isinstance(cost, int | float) and math.isfinite(cost):
-                facts.cost_usd += float(cost)
-            facts.attempts.extend(_attempts(rec, float(t)))
+            facts.cost_usd += _usd(rec.get("cost_usd"))
+            facts.attempts.extend(_attempts(rec.get("detail"), float(t)))
         elif event == "gate.evaluated" and isinstance(rec.get("gate"), str):
             facts.gates[rec["gate"]] = (str(rec.get("severity")), str(rec.get("status")))
+            # a `review` gate's model calls: what they cost, and each provider attempt
+            evidence = rec.get("evidence")
+            if isinstance(evidence, Mapping):
+                samples = evidence.get("samples")
+                for sample in samples if isinstance(samples, list) else ():
+                    if isinstance(sample, Mapping):
+                        facts.cost_usd += _usd(sample.get("cost_usd"))
+                facts.attempts.extend(_attempts(evidence, float(t)))
     return facts
 
 
-def _attempts(rec: Mapping[str, Any], t: float) -> list[Attempt]:
-    detail = rec.get("detail")
+def _usd(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
+def _attempts(detail: object, t: float) -> list[Attempt]:
+    """The provider calls in a record's `detail` (a step's) or `evidence` (a review gate's)."""
     rows = detail.get("attempts") if isinstance(detail, Mapping) else None
     if not isinstance(rows, list):
         return []

@@ -610,6 +610,18 @@ def test_review_during_a_provider_outage_is_inconclusive(tmp_path: Path) -> None
         "the provider failed on 3 of 3 samples, so the review is inconclusive: "
     )
     assert all("provider_error" in s and "score" not in s for s in evidence["samples"])
+    # each provider attempt is recorded, so an error-rate alert sees the outage
+    assert [(a["model_asked"], a["outcome"]) for a in evidence["attempts"]] == [
+        ("openai/gpt-4o-mini", "transient")
+    ] * 3
+    (project.root / "alerts.yaml").write_text(
+        "version: 1\nkind: alerts\nname: a\nrules:\n  down:\n    signal: error_rate\n"
+        "    provider: openai\n    window: 1h\n    threshold: value > 0.5\n"
+    )
+    alerts = project.blocks("alerts", "check", "alerts.yaml", "--json")
+    assert alerts.returncode == 1, project.explain(alerts)
+    (rule,) = json.loads(alerts.stdout)["rules"]
+    assert (rule["value"], rule["basis"]) == (1.0, "3 of 3 calls to openai failed")
     # the key is never recorded or shown
     journal = project.journal_path(run.run_id).read_text()
     shown = json.dumps(run.bundle) + run.done.stdout + run.done.stderr + journal

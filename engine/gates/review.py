@@ -119,10 +119,14 @@ class ReviewKind:
         prompt = ctx.redactor.text(json.dumps(messages, ensure_ascii=False))
         evidence["prompt_sha256"] = "sha256:" + hashlib.sha256(prompt.encode()).hexdigest()
         records: list[dict[str, Any]] = [{} for _ in range(gate.samples)]
+        instance = f"gate:{ctx.gate_id}"
+        first = gateway.ledger.instance_count(instance)
         async with anyio.create_task_group() as tg:
             for index in range(gate.samples):
                 tg.start_soon(_sample, gateway, ctx, gate, messages, index, records)
         evidence["samples"] = records
+        # every provider attempt of this review, as a step's record has them (alerts count them)
+        evidence["attempts"] = gateway.ledger.instance_dicts(instance, first)
         failed = [r for r in records if "provider_error" in r]
         if failed:
             first = failed[0]
@@ -202,7 +206,7 @@ async def _sample(
             gate.model,
             messages,
             step=f"gate:{ctx.gate_id}",
-            instance=f"gate:{ctx.gate_id}",
+            instance=f"gate:{ctx.gate_id}",  # `evaluate` reads this instance's attempts
             sample=index,
             schema=REVIEW_SCHEMA,
         )
