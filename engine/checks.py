@@ -675,3 +675,18 @@ def _check_alerts(ctx: _Context, alerts: Alerts) -> None:
     for rid, rule in alerts.rules.items():
         ctx.expression(rule.threshold, ("rules", rid, "threshold"), env, expect=ex.BOOL)
         ctx.file_exists(rule.runbook, ("rules", rid, "runbook"), "runbook")
+        if rule.provider is not None and rule.signal != "error_rate":
+            # silently ignored, it would look like a scope that is not there
+            ctx.error(
+                "spec.bad-value",
+                f"provider narrows error_rate only, not {rule.signal}",
+                ("rules", rid, "provider"),
+                hint="use `flow` to narrow this signal, or drop `provider`",
+            )
+        if rule.params and rule.runbook is None:
+            ctx.error(
+                "spec.bad-value",
+                "params are for the runbook, and this rule names none",
+                ("rules", rid, "params"),
+                hint="add `runbook: runbooks/NAME.yaml`, or drop `params`",
+            )

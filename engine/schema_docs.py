@@ -301,7 +301,8 @@ _STATUS: dict[str, str] = {
     "reverse on abort, approvals, `--dry-run`, `--rehearse`, `--resume`, and an incident "
     "bundle (see docs/guides/runbooks-and-rollback.md).",
     "block": "Blocks are validated only; nothing runs them yet.",
-    "alerts": "Alert rules are validated only; nothing evaluates them yet.",
+    "alerts": "`blocks alerts check` evaluates the rules over the run history and names the "
+    "runbook to run when one fires; nothing runs it on a schedule (see docs/guides/alerts.md).",
     "step:flow": "The sub-flow runs as a run of its own (`<run>.<step>.<attempt>`); its flow "
     "`outputs` are the step's result; `digest` refuses a changed sub-flow.",
     "gates": "`blocks run` evaluates a gate once its `after` steps have succeeded. A "
@@ -426,6 +427,8 @@ _RULES: dict[str, tuple[str, ...]] = {
         "`threshold` is a CEL expression over `value` (a number) that yields a boolean "
         "(`expr.invalid`).",
         "The `runbook` file must exist (`spec.missing-file`).",
+        "`provider` narrows `error_rate` only, and `params` need a `runbook` "
+        "(`spec.bad-value`).",
     ),
 }
 
