@@ -220,10 +220,7 @@ def plan(
             f"  {index:>3}  {sid:<{width}}  {ps.spec.kind:<7} needs: {needs:<24} "
             f"{forecast.decisions[sid]}"
         )
-    llm_calls = sum(
-        getattr(s.spec, "samples", 1) for s in the_plan.steps.values() if s.spec.kind == "llm"
-    )
-    typer.echo(f"llm calls: {llm_calls}; estimated cost: {forecast.cost_text}")
+    typer.echo(f"estimated cost: {forecast.cost_text}")
 
 
 def graph(
