@@ -427,8 +427,7 @@ _RULES: dict[str, tuple[str, ...]] = {
         "`threshold` is a CEL expression over `value` (a number) that yields a boolean "
         "(`expr.invalid`).",
         "The `runbook` file must exist (`spec.missing-file`).",
-        "`provider` narrows `error_rate` only, and `params` need a `runbook` "
-        "(`spec.bad-value`).",
+        "`provider` narrows `error_rate` only, and `params` need a `runbook` (`spec.bad-value`).",
     ),
 }
 
