@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import expressions as ex
-from engine.errors import Diagnostic, SourceLocation
+from engine.errors import Diagnostic, SourceLocation, SpecError
 from engine.graph import StepGraph, find_cycles
-from engine.loader import LoadedDocument, Path, pointer_of
+from engine.loader import LoadedDocument, Path, load_file, pointer_of
 from engine.schema_errors import describe_value, did_you_mean
 from engine.spec import (
     GATE_METRICS,
@@ -672,9 +672,24 @@ def _check_block(ctx: _Context, block: Block) -> None:
 
 def _check_alerts(ctx: _Context, alerts: Alerts) -> None:
     env = {"value": ex.DOUBLE}
+    declared: dict[str, frozenset[str] | None] = {}
     for rid, rule in alerts.rules.items():
         ctx.expression(rule.threshold, ("rules", rid, "threshold"), env, expect=ex.BOOL)
         ctx.file_exists(rule.runbook, ("rules", rid, "runbook"), "runbook")
+        if rule.runbook is not None and rule.params:
+            if rule.runbook not in declared:
+                declared[rule.runbook] = _runbook_params(ctx.root, rule.runbook)
+            names = declared[rule.runbook]
+            for name in rule.params:
+                if names is not None and name not in names:
+                    # the command the alert prints would be refused, mid-incident
+                    ctx.error(
+                        "ref.unknown-param",
+                        f"runbook {rule.runbook} has no param '{name}'",
+                        ("rules", rid, "params", name),
+                        hint=did_you_mean(name, sorted(names))
+                        or f"its params: {', '.join(sorted(names)) or 'none'}",
+                    )
         if rule.provider is not None and rule.signal != "error_rate":
             # silently ignored, it would look like a scope that is not there
             ctx.error(
@@ -690,3 +705,16 @@ def _check_alerts(ctx: _Context, alerts: Alerts) -> None:
                 ("rules", rid, "params"),
                 hint="add `runbook: runbooks/NAME.yaml`, or drop `params`",
             )
+
+
+def _runbook_params(root: str, rel: str) -> frozenset[str] | None:
+    """The params a runbook file declares, or None when it cannot be read as a runbook
+    (a missing file is reported on its own; a broken runbook when it is validated)."""
+    try:
+        data = load_file(os.path.join(root, rel)).data
+    except (SpecError, OSError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != "runbook":
+        return None
+    params = data.get("params")
+    return frozenset(params) if isinstance(params, dict) else frozenset()

@@ -428,6 +428,7 @@ _RULES: dict[str, tuple[str, ...]] = {
         "(`expr.invalid`).",
         "The `runbook` file must exist (`spec.missing-file`).",
         "`provider` narrows `error_rate` only, and `params` need a `runbook` (`spec.bad-value`).",
+        "Each of `params` is a param the runbook declares (`ref.unknown-param`).",
     ),
 }
 
@@ -461,6 +462,7 @@ _CODES: tuple[tuple[str, str], ...] = (
     ("ref.unknown-step", "`needs`, a gate's `after` or a `goto` names no step."),
     ("ref.unknown-model", "A step, gate or `degrade_to` names no model route."),
     ("ref.unknown-secret", "`{secret: NAME}` with NAME not in the flow's `secrets`."),
+    ("ref.unknown-param", "An alert rule's `params` name a param its runbook does not declare."),
     ("ref.not-upstream", "An expression reads a step that has not finished when it runs."),
     ("ref.self", "A step's expression reads the step's own outputs."),
     ("graph.self-dependency", "A step needs itself."),
