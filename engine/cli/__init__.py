@@ -102,6 +102,7 @@ def _register_commands() -> None:
     from engine.cli import run as run_commands  # noqa: PLC0415
     from engine.cli.alerts import alerts_app  # noqa: PLC0415
     from engine.cli.bundle import bundle_app  # noqa: PLC0415
+    from engine.cli.cache import cache_app  # noqa: PLC0415
     from engine.cli.circuits import circuit_app, circuits  # noqa: PLC0415
     from engine.cli.runbook import runbook_app  # noqa: PLC0415
 
@@ -112,6 +113,7 @@ def _register_commands() -> None:
     app.add_typer(runbook_app, name="runbook")
     app.add_typer(circuit_app, name="circuit")
     app.add_typer(alerts_app, name="alerts")
+    app.add_typer(cache_app, name="cache")
     app.command()(circuits)
 
 

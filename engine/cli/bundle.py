@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
 import typer
 
+from engine.cli.units import human_size
+
 if TYPE_CHECKING:
     from engine.bundle import Manifest
     from engine.bundle_diff import BundleSide
@@ -65,15 +67,6 @@ def _resolve(store: BundleStore, ref: str) -> str:
         raise typer.Exit(_code("usage")) from None
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover  (the loop always returns)
-
-
 def _json_member(store: BundleStore, digest: str, path: str) -> Any:
     return json.loads(store.read_member(digest, path))
 
@@ -117,7 +110,7 @@ def list_bundles(as_json: AsJson = False) -> None:
             continue
         typer.echo(
             f"{head}  {row['status'] or '?':<10} {row['flow'] or '?':<24} "
-            f"{row['members']} members, {_size(row['size'])}"
+            f"{row['members']} members, {human_size(row['size'])}"
         )
 
 
@@ -162,7 +155,7 @@ def show(ref: Ref, as_json: AsJson = False) -> None:
     else:
         for line in _describe(digest, manifest, run, ledger, gates):
             typer.echo(line)
-        typer.echo(f"members ({len(manifest.members)}, {_size(manifest.total_size)}):")
+        typer.echo(f"members ({len(manifest.members)}, {human_size(manifest.total_size)}):")
         width = max((len(m.path) for m in manifest.members), default=0)
         for m in manifest.members:
             typer.echo(f"  {m.path:<{width}}  {m.size:>9}  {m.digest}")
@@ -336,7 +329,7 @@ def export(
         raise typer.Exit(_code("invalid")) from None
     typer.echo(
         f"exported bundle {side.digest} ({len(side.manifest.members)} members, "
-        f"{_size(side.manifest.total_size)}) to {to}"
+        f"{human_size(side.manifest.total_size)}) to {to}"
     )
     typer.echo(
         f"  {to / STATEMENT}: {fmt.value} Statement v1, SLSA provenance v1 predicate, unsigned"

@@ -13,6 +13,7 @@ parameters carry secret *names*, never values.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from engine.plan import Plan, PlannedStep
 __all__ = [
     "CACHE_VERSION",
     "CacheEntry",
+    "CacheSweep",
     "OutsMissing",
     "StepCache",
     "canonical_json",
@@ -178,6 +180,21 @@ def _rel(project_root: Path, path: Path) -> str:
     return path.relative_to(project_root).as_posix()
 
 
+@dataclass(frozen=True, slots=True)
+class CacheSweep:
+    """What `StepCache.gc` removed (or, on a dry run, would remove)."""
+
+    entries: int
+    """Cache entries (one per step key) last used before the cutoff."""
+    blobs: int
+    """Kept copies of outs that no remaining entry names."""
+    temps: int
+    """Temporary files a crash left behind."""
+    freed_bytes: int
+    kept_entries: int
+    kept_bytes: int
+
+
 class StepCache:
     """A folder of cache entries. Concurrent writers are safe (atomic rename)."""
 
@@ -204,6 +221,53 @@ class StepCache:
             data["result_digest"],
             data.get("files") or {},
         )
+
+    def touch(self, key: str) -> None:
+        """Mark an entry used now (a hit): `gc --older-than` goes by last use, not by write."""
+        with contextlib.suppress(OSError):
+            os.utime(self._path(key))
+
+    def gc(self, older_than: float | None, *, now: float, dry_run: bool = False) -> CacheSweep:
+        """Remove the entries last used more than `older_than` seconds before `now` (none
+        when it is None), then every kept out no remaining entry names, and temporary files
+        older than an hour (a write in progress is younger). `dry_run`: remove nothing."""
+        removed = kept = blobs = temps = freed = kept_bytes = 0
+        named: set[str] = set()
+        for path in sorted(self.root.glob("??/*.json")) if self.root.is_dir() else []:
+            try:
+                stat = path.stat()
+                files = json.loads(path.read_text(encoding="utf-8")).get("files") or {}
+            except (OSError, ValueError, AttributeError):
+                continue  # a torn or foreign file is not ours to judge
+            if older_than is not None and now - stat.st_mtime > older_than:
+                removed += 1
+                freed += stat.st_size
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+                continue
+            kept += 1
+            kept_bytes += stat.st_size
+            named.update(str(d).split(":", 1)[-1] for d in files.values())
+        blob_root = self.root / "blobs"
+        for path in sorted(self.root.rglob("*")) if self.root.is_dir() else []:
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            is_blob = path.parent.parent == blob_root
+            if path.name.startswith(".tmp-"):
+                if now - stat.st_mtime < 3600:
+                    continue
+                temps += 1
+            elif is_blob and path.name not in named:
+                blobs += 1
+            else:
+                kept_bytes += stat.st_size if is_blob else 0
+                continue
+            size = stat.st_size
+            freed += size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return CacheSweep(removed, blobs, temps, freed, kept, kept_bytes)
 
     def _blob(self, digest: str) -> Path:
         hexdigest = digest.split(":", 1)[-1]

@@ -619,6 +619,7 @@ class _Run:
             if restored is None:
                 return False  # an out the entry needs is gone from the cache: run the step
             state.files = dict(entry.files)
+        self.x.cache.touch(key)
         state.status = "cached"
         state.outputs = entry.outputs
         state.result = entry.result
