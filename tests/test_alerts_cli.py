@@ -186,6 +186,20 @@ def _llm_env(root: Path) -> dict[str, str]:
     return env
 
 
+def _run_llm(root: Path, flow: str) -> subprocess.CompletedProcess[str]:
+    """`blocks run FLOW` with the environment of `_llm_env` (no real keys, no proxies)."""
+    return subprocess.run(
+        [str(BLOCKS), "run", flow],
+        cwd=root,
+        env=_llm_env(root),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _new_run(project: Project, before: set[str]) -> str:
     (new,) = set(project.run_ids()) - before
     return new
@@ -219,16 +233,7 @@ def history(tmp_path_factory: pytest.TempPathFactory, engine_pycache: Path) -> I
             priced = PRICED.replace("__API_BASE__", server.base_url)
             (root / "pipelines" / "priced.yaml").write_text(priced)
             before = set(project.run_ids())
-            done = subprocess.run(
-                [str(BLOCKS), "run", "pipelines/priced.yaml"],
-                cwd=root,
-                env=_llm_env(root),
-                capture_output=True,
-                text=True,
-                timeout=CLI_TIMEOUT,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
+            done = _run_llm(root, "pipelines/priced.yaml")
             assert done.returncode == 0, project.explain(done)
             assert server.status_counts == {500: 1, 200: 1}
         runs["priced"] = _new_run(project, before)
@@ -468,16 +473,7 @@ def test_error_rate_counts_an_outage_in_which_every_call_fails(
     with FakeLLMServer(script=[{"error": "server_error"}]) as server:
         flow = PRICED.replace("__API_BASE__", server.base_url).replace("name: priced", "name: down")
         (root / "pipelines" / "down.yaml").write_text(flow)
-        done = subprocess.run(
-            [str(BLOCKS), "run", "pipelines/down.yaml"],
-            cwd=root,
-            env=_llm_env(root),
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        done = _run_llm(root, "pipelines/down.yaml")
         assert done.returncode == 1, project.explain(done)
         calls = server.status_counts[500]
     assert calls >= 2  # the route's retry was tried
