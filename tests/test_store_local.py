@@ -385,18 +385,17 @@ LocalBundleStore(Path(sys.argv[1])).put_bundle({"small.txt": b"small", "big.bin"
 """
 
 
-def test_a_kill_mid_blob_leaves_only_temp_files_that_gc_removes(
-    store: LocalBundleStore, tmp_path: Path
-) -> None:
-    marker = tmp_path / "writing"
+def kill_writer_at(script: str, store: LocalBundleStore, marker: Path, what: str) -> None:
+    """Run `script` (a bundle writer) in its own process, SIGKILL it once it has made
+    `marker`, and check it died of that signal."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(store.root), str(marker)],
+        [sys.executable, "-c", script, str(store.root), str(marker)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(marker.exists, timeout=60, what="the writer to be mid-blob")
+        wait_for(marker.exists, timeout=60, what=what)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -404,6 +403,13 @@ def test_a_kill_mid_blob_leaves_only_temp_files_that_gc_removes(
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_kill_mid_blob_leaves_only_temp_files_that_gc_removes(
+    store: LocalBundleStore, tmp_path: Path
+) -> None:
+    marker = tmp_path / "writing"
+    kill_writer_at(KILLED_WRITER, store, marker, "the writer to be mid-blob")
     big_digest = leaf_digest(bytes(range(256)) * (32 * 1024))
     assert not store.blob_path(big_digest).exists()
     assert_every_blob_is_whole(store)
@@ -436,21 +442,7 @@ def test_a_kill_between_blobs_and_manifest_leaves_no_bundle_and_whole_blobs(
     store: LocalBundleStore, tmp_path: Path
 ) -> None:
     marker = tmp_path / "written"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_BEFORE_MANIFEST, str(store.root), str(marker)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(marker.exists, timeout=60, what="the writer to finish its blobs")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_writer_at(KILLED_BEFORE_MANIFEST, store, marker, "the writer to finish its blobs")
     assert len(blob_files(store)) == 40
     assert_every_blob_is_whole(store)
     assert temp_files(store.root) == []
